@@ -1,0 +1,74 @@
+"""Chinese tokenizer on cn_clip's vocabulary, with an optional transformers fast path.
+
+Both backends produce ids identical to :func:`cn_clip.clip.tokenize`: ``[CLS] tokens [SEP]``,
+truncated to ``context_length - 2`` tokens and zero-padded (``[PAD]`` is id 0).
+"""
+from __future__ import annotations
+
+import hashlib
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+DEFAULT_CONTEXT_LENGTH = 52
+
+
+def vocab_path() -> Path:
+    """cn_clip's ``vocab.txt`` (21,128 entries, RoBERTa-wwm-ext-chinese)."""
+    import cn_clip.clip
+
+    return Path(cn_clip.clip.__file__).parent / "vocab.txt"
+
+
+def vocab_sha256(path: Path | None = None) -> str:
+    """Content hash of a vocabulary file, recorded in exported bundles."""
+    return hashlib.sha256((path or vocab_path()).read_bytes()).hexdigest()
+
+
+def _cn_clip_backend(texts: Sequence[str], context_length: int) -> torch.Tensor:
+    from cn_clip.clip import tokenize
+
+    return tokenize(list(texts), context_length=context_length)
+
+
+@lru_cache(maxsize=4)
+def _fast_tokenizer(vocab: str):
+    from transformers import BertTokenizerFast
+
+    return BertTokenizerFast(vocab_file=vocab, do_lower_case=True, tokenize_chinese_chars=True)
+
+
+def _fast_backend(texts: Sequence[str], context_length: int) -> torch.Tensor:
+    tok = _fast_tokenizer(str(vocab_path()))
+    out = tok(list(texts), padding="max_length", truncation=True, max_length=context_length,
+              return_tensors="pt", return_attention_mask=False, return_token_type_ids=False)
+    return out["input_ids"].long()
+
+
+BACKENDS: dict[str, Callable[[Sequence[str], int], torch.Tensor]] = {
+    "cn_clip": _cn_clip_backend,
+    "fast": _fast_backend,
+}
+
+
+class Tokenizer:
+    """Callable: ``tokenizer(texts) -> LongTensor[len(texts), context_length]``."""
+
+    def __init__(self, context_length: int = DEFAULT_CONTEXT_LENGTH, backend: str = "cn_clip"):
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown tokenizer backend {backend!r}; choose from {sorted(BACKENDS)}")
+        if context_length < 2:
+            raise ValueError("context_length must be at least 2 ([CLS] and [SEP])")
+        self.context_length = context_length
+        self.backend = backend
+        self._encode = BACKENDS[backend]
+
+    def __call__(self, texts: str | Sequence[str]) -> torch.Tensor:
+        if isinstance(texts, str):
+            texts = [texts]
+        return self._encode(texts, self.context_length)
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(context_length={self.context_length}, backend={self.backend!r})"

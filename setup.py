@@ -1,0 +1,45 @@
+"""VisionCLIP-CN: a retina language-image model built on Chinese-CLIP (cn_clip).
+
+cn_clip 1.6.0 pins lmdb==1.3.0, which has no wheel for current Pythons, so it is
+installed with ``pip install --no-deps cn_clip==1.6.0`` (run_scripts/setup.sh does this)
+and its real needs are declared here instead.
+"""
+from setuptools import find_namespace_packages, setup
+
+PROGRAMS = {  # installed name -> folder in this repository
+    "vclip_data_prep": "data_prep",
+    "vclip_eval": "eval",
+}
+
+setup(
+    name="visionclip-cn",
+    version="0.1.0",
+    description="VisionCLIP: a Chinese retina language-image foundation model on Chinese-CLIP",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.9",
+    packages=find_namespace_packages(include=["cn_clip_ext", "cn_clip_ext.*"]) + list(PROGRAMS),
+    package_dir=dict(PROGRAMS),
+    package_data={"cn_clip_ext": ["model_configs/*.json"], "vclip_eval": ["prompts/*.yaml"]},
+    include_package_data=True,
+    install_requires=[
+        "torch>=1.13",
+        "torchvision",
+        "lmdb>=1.4",
+        "timm",
+        "numpy",
+        "pillow",
+        "transformers",
+        "tqdm",
+        "six",
+    ],
+    extras_require={
+        "test": ["pytest", "pandas", "scikit-image"],
+    },
+    entry_points={
+        "console_scripts": [
+            "vclip-synth = vclip_data_prep.synth:main",
+        ],
+    },
+)
