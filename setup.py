@@ -9,6 +9,7 @@ from setuptools import find_namespace_packages, setup
 PROGRAMS = {  # installed name -> folder in this repository
     "vclip_data_prep": "data_prep",
     "vclip_eval": "eval",
+    "vclip_train": "train",
 }
 
 setup(
@@ -40,6 +41,8 @@ setup(
     entry_points={
         "console_scripts": [
             "vclip-synth = vclip_data_prep.synth:main",
+            "vclip-build-lmdb = vclip_data_prep.build_lmdb:main",
+            "vclip-train = vclip_train.train:main",
         ],
     },
 )

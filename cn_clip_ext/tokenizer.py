@@ -37,7 +37,8 @@ def _cn_clip_backend(texts: Sequence[str], context_length: int) -> torch.Tensor:
 def _fast_tokenizer(vocab: str):
     from transformers import BertTokenizerFast
 
-    return BertTokenizerFast(vocab_file=vocab, do_lower_case=True, tokenize_chinese_chars=True)
+    return BertTokenizerFast.from_pretrained(str(Path(vocab).parent), local_files_only=True, do_lower_case=True,
+                                             tokenize_chinese_chars=True)
 
 
 def _fast_backend(texts: Sequence[str], context_length: int) -> torch.Tensor:

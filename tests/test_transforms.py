@@ -1,0 +1,96 @@
+"""Fundus transforms keep the circular field of view and never invert or flip."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+from skimage.data import retina
+from torchvision import transforms as T
+
+import cn_clip_ext as vc
+from cn_clip_ext.transforms import CLIP_MEAN, CLIP_STD, fov_bbox
+
+
+def _disc_image(width: int, height: int, diameter: int, mode: str = "RGB") -> Image.Image:
+    """A bright round field of view centred on a black, non-square canvas."""
+    img = Image.new("RGB", (width, height))
+    x0, y0 = (width - diameter) // 2, (height - diameter) // 2
+    ImageDraw.Draw(img).ellipse([x0, y0, x0 + diameter - 1, y0 + diameter - 1], fill=(200, 90, 40))
+    return img.convert(mode)
+
+
+def _fov_mask(tensor: torch.Tensor) -> np.ndarray:
+    """Undo the normalisation and threshold the brightest channel."""
+    mean, std = torch.tensor(CLIP_MEAN)[:, None, None], torch.tensor(CLIP_STD)[:, None, None]
+    rgb = (tensor * std + mean).clamp(0, 1)
+    return (rgb.max(dim=0).values > 0.15).numpy()
+
+
+def _roundness(mask: np.ndarray) -> tuple[float, float, float]:
+    """(bbox height / width, fill of the bbox, fraction of the frame the bbox spans)."""
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    h, w = rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
+    return h / w, mask.sum() / (h * w), max(h, w) / mask.shape[0]
+
+
+@pytest.mark.parametrize("mode", ["fov", "pad"])
+def test_eval_transform_keeps_the_disc_round(mode):
+    tf = vc.eval_transform(128, preprocess=mode)
+    out = tf(_disc_image(640, 420, 400))
+    assert out.shape == (3, 128, 128)
+    aspect, fill, span = _roundness(_fov_mask(out))
+    assert aspect == pytest.approx(1.0, abs=0.03)
+    assert fill == pytest.approx(np.pi / 4, abs=0.03)  # a disc fills pi/4 of its box
+    if mode == "fov":
+        assert span > 0.97  # cropped to the field of view: the disc fills the frame
+
+
+def test_squash_distorts_what_fov_keeps():
+    aspect, _, _ = _roundness(_fov_mask(vc.eval_transform(128, preprocess="squash")(_disc_image(640, 420, 400))))
+    assert abs(aspect - 1.0) > 0.2  # cn_clip's resize turns the disc into an ellipse
+
+
+def test_real_fundus_photograph_keeps_its_field_of_view():
+    photo = Image.fromarray(retina())  # CC0 fundus photograph shipped with scikit-image
+    out = vc.eval_transform(224)(photo)
+    mask = _fov_mask(out)
+    aspect, fill, span = _roundness(mask)
+    assert aspect == pytest.approx(1.0, abs=0.05) and span > 0.95
+    assert fill > 0.7
+    for corner in (mask[:8, :8], mask[:8, -8:], mask[-8:, :8], mask[-8:, -8:]):
+        assert not corner.any()  # the black surround stays black
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "I;16"])
+def test_any_image_mode_becomes_rgb(mode):
+    img = _disc_image(300, 300, 280, "RGB")
+    if mode == "I;16":
+        img = Image.fromarray((np.asarray(img.convert("L"), dtype=np.uint16) * 256))
+    else:
+        img = img.convert(mode)
+    assert vc.eval_transform(64)(img).shape == (3, 64, 64)
+
+
+def test_fov_bbox_falls_back_to_whole_image_when_dark():
+    assert fov_bbox(Image.new("RGB", (50, 40))) == (0, 0, 50, 40)
+    assert fov_bbox(_disc_image(200, 100, 80)) == pytest.approx((60, 10, 140, 90), abs=2)
+
+
+def test_training_augmentation_is_mild_and_fundus_safe():
+    tf = vc.train_transform(128, vc.AugmentConfig())
+    banned = (T.RandomHorizontalFlip, T.RandomVerticalFlip, T.RandomInvert, T.RandomSolarize, T.AutoAugment,
+              T.RandAugment, T.TrivialAugmentWide)
+    assert not any(isinstance(t, banned) for t in tf.transforms)
+    photo = Image.fromarray(retina())
+    ref = _fov_mask(vc.eval_transform(128)(photo)).mean()
+    torch.manual_seed(0)
+    for _ in range(10):
+        out = tf(photo)
+        mask = _fov_mask(out)
+        assert abs(mask.mean() - ref) < 0.2  # mild scale: the field of view stays about as large
+        centre = out[:, 40:88, 40:88].mean()
+        assert centre > out[:, :6, :6].mean()  # not inverted: retina brighter than the surround
+
+
+def test_unknown_mode_is_refused():
+    with pytest.raises(ValueError, match="preprocess mode"):
+        vc.FundusPreprocess(64, mode="stretch")
