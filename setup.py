@@ -22,7 +22,7 @@ setup(
     python_requires=">=3.9",
     packages=find_namespace_packages(include=["cn_clip_ext", "cn_clip_ext.*"]) + list(PROGRAMS),
     package_dir=dict(PROGRAMS),
-    package_data={"cn_clip_ext": ["model_configs/*.json"], "vclip_eval": ["prompts/*.yaml"]},
+    package_data={"cn_clip_ext": ["model_configs/*.json"], "vclip_eval": ["prompts/*.yaml", "datasets.yaml"]},
     include_package_data=True,
     install_requires=[
         "torch>=1.13",
@@ -34,6 +34,9 @@ setup(
         "transformers",
         "tqdm",
         "six",
+        "pyyaml",
+        "matplotlib",
+        "scikit-learn",
     ],
     extras_require={
         "test": ["pytest", "pandas", "scikit-image"],
@@ -43,6 +46,7 @@ setup(
             "vclip-synth = vclip_data_prep.synth:main",
             "vclip-build-lmdb = vclip_data_prep.build_lmdb:main",
             "vclip-train = vclip_train.train:main",
+            "vclip-eval = vclip_eval.evaluate:main",
         ],
     },
 )

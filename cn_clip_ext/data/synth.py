@@ -1,0 +1,484 @@
+"""Synthetic SynFundus-1M and evaluation sets: the project's embedded default data.
+
+Nothing is downloaded. Image ``i`` of a set depends only on ``(seed, set, i)`` (each image has
+its own ``np.random.default_rng([seed, stream, i, part])``), so a set is byte-identical for the
+same seed whatever the number of images or worker processes.
+
+Layouts written (see :mod:`cn_clip_ext.data.schema` for the tables)::
+
+    root/Fundus/{id}.png + root/SynFundus-1M_annotation.csv          write_synfundus
+    root/messidor2/IMAGES/* + root/messidor2/messidor_data.csv       write_messidor2
+    root/fives/{train,test}/{Original,Ground truth}/{n}_{A|D|G|N}.png write_fives
+    root/refuge/Training400/{Glaucoma,Non-Glaucoma}/{g|n}NNNN.jpg     write_refuge
+
+Every writer builds its files in a hidden staging folder under ``root`` and moves them into
+place only when all are done, the CSV last, so a failed run leaves nothing half-written.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import logging
+import os
+import shutil
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from .captions import make_caption
+from .render import DISC_ASPECT, EXTERNAL_CAMERAS, SYNFUNDUS_CAMERA, Geometry, Rendered, render_fundus
+from .schema import (EVAL_LAYOUTS, FINDINGS, FIVES, MESSIDOR2, READABILITY_COLUMNS, REFUGE,
+                     SYNFUNDUS_COLUMNS, SYNFUNDUS_CSV, SYNFUNDUS_IMAGE_DIR)
+
+__all__ = [
+    "SynthConfig", "sample_labels", "sample_captions", "make_caption", "render_fundus", "synfundus_example",
+    "write_synfundus", "write_messidor2", "write_fives", "write_refuge", "write_eval_sets", "generate",
+    "ID_OFFSET", "STREAMS", "PREVALENCE",
+]
+
+logger = logging.getLogger(__name__)
+
+ID_OFFSET = 1000
+"""SynFundus image ids are ``ID_OFFSET + index`` (``1000.png``, ``1001.png``, …)."""
+PNG_COMPRESS_LEVEL = 1
+"""zlib level for the PNGs: lossless either way, level 1 is several times faster than 6."""
+JPEG_QUALITY = 95
+
+STREAMS: Mapping[str, int] = MappingProxyType({"synfundus": 0, "messidor2": 1, "fives": 2, "refuge": 3})
+"""Random stream per data set, so evaluation sets never share draws with the corpus."""
+
+PREVALENCE: Mapping[str, float] = MappingProxyType({
+    "is_amd": 0.04, "is_gc": 0.04, "is_aon": 0.015, "is_pm": 0.025, "is_tessellated": 0.06,
+    "is_rvo": 0.02, "is_htr": 0.02, "is_mh": 0.008, "is_em": 0.015, "is_crp": 0.01, "is_md": 0.015,
+    "is_dm_without_dr": 0.06, "is_treated_background": 0.005,
+})
+"""Base rates of the independent findings in the corpus (others follow from DR, see below)."""
+DR_GRADE_P: tuple[float, ...] = (0.82, 0.06, 0.07, 0.03, 0.02)
+"""SynFundus corpus ICDR grade distribution (most eyes have no DR)."""
+MESSIDOR2_GRADE_P: tuple[float, ...] = tuple(n / 1744 for n in (1017, 270, 347, 75, 35))
+"""The adjudicated Messidor-2 grade distribution."""
+FIVES_DR_GRADE_P: tuple[float, ...] = (0.0, 0.15, 0.35, 0.3, 0.2)
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """What :func:`generate` writes: corpus size, evaluation-set size, seed, look and noise."""
+
+    n_images: int = 200
+    """SynFundus images (0: no corpus)."""
+    n_eval: int = 60
+    """Images per evaluation set (0: no evaluation sets)."""
+    seed: int = 0
+    size: int = 512
+    """Side of the square rendering in pixels (SynFundus: 512)."""
+    caption_noise: float = 0.03
+    """Probability that a caption drops or swaps one finding."""
+    low_quality_rate: float = 0.06
+    """Share of degraded (blurred, dark, hazy) photos."""
+    id_offset: int = ID_OFFSET
+
+    def __post_init__(self) -> None:
+        for name in ("n_images", "n_eval", "seed", "id_offset"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.size < 32:
+            raise ValueError(f"size must be at least 32 pixels, got {self.size}")
+        for name in ("caption_noise", "low_quality_rate"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+
+
+# --------------------------------------------------------------------------- labels
+
+
+def _rng(seed: int, stream: str, index: int, part: int) -> np.random.Generator:
+    return np.random.default_rng([seed, STREAMS[stream], index, part])
+
+
+def _quality(rng: np.random.Generator, low: bool) -> dict[str, Any]:
+    """Quality score and the three readability flags (degraded photos lose some)."""
+    if not low:
+        return {"retinal_region_quality_score": round(float(rng.uniform(0.7, 1.0)), 3),
+                **{c: 1 for c in READABILITY_COLUMNS}}
+    out: dict[str, Any] = {"retinal_region_quality_score": round(float(rng.uniform(0.1, 0.55)), 3)}
+    for col, p_lost in zip(READABILITY_COLUMNS, (0.5, 0.4, 0.6)):
+        out[col] = int(rng.random() >= p_lost)
+    return out
+
+
+def _derived(labels: dict[str, Any]) -> dict[str, Any]:
+    """Fill ``is_abnormal``/``has_lesion``/``is_fundus`` from the findings and DR grade."""
+    lesion_cols = ("is_amd", "is_crp", "is_dme", "is_em", "is_md", "is_mh", "is_htr", "is_rvo", "is_treated")
+    labels["has_lesion"] = int(labels["dr_grade"] > 0 or any(labels[c] for c in lesion_cols))
+    labels["is_abnormal"] = int(labels["dr_grade"] > 0 or any(labels[c] for c in FINDINGS))
+    labels["is_fundus"] = 1
+    return labels
+
+
+def sample_labels(rng: np.random.Generator, low_quality_rate: float = 0.06) -> dict[str, Any]:
+    """One SynFundus label row (every column but ``file_*`` and ``diagnosticAdvice``).
+
+    Correlations: ``is_dm`` for every DR eye; DME mostly with DR >= 2; laser scars mostly in
+    severe/proliferative DR or RVO; pathologic myopia implies a tessellated fundus; AMD, macular
+    hole and membrane are rarer in young (myopic) eyes. ``is_abnormal`` = any ocular finding
+    (diabetes alone is not one); ``has_lesion`` = any lesion (not disc-only or tessellation).
+    """
+    p = PREVALENCE
+    grade = int(rng.choice(5, p=DR_GRADE_P))
+    lab: dict[str, Any] = {"eyes_side": int(rng.integers(2)), "dr_grade": grade}
+    for f in ("is_amd", "is_gc", "is_aon", "is_pm", "is_rvo", "is_htr", "is_mh", "is_em", "is_crp", "is_md"):
+        lab[f] = int(rng.random() < p[f])
+    lab["is_tessellated"] = int(lab["is_pm"] or rng.random() < p["is_tessellated"])
+    if lab["is_pm"]:
+        lab["is_amd"] = 0
+    lab["is_dm"] = int(grade > 0 or rng.random() < p["is_dm_without_dr"])
+    lab["is_dme"] = int(rng.random() < (0.0, 0.04, 0.2, 0.4, 0.45)[grade])
+    p_treated = (p["is_treated_background"], 0.0, 0.03, 0.25, 0.5)[grade]
+    lab["is_treated"] = int(rng.random() < max(p_treated, 0.3 if lab["is_rvo"] else 0.0))
+    lab.update(_quality(rng, rng.random() < low_quality_rate))
+    return _derived(lab)
+
+
+def _blank_labels(eye: int, **findings: int) -> dict[str, Any]:
+    lab: dict[str, Any] = {"eyes_side": eye, "dr_grade": 0, "is_dm": 0, **{f: 0 for f in FINDINGS}}
+    lab.update(findings)
+    lab.update({"retinal_region_quality_score": 0.9, **{c: 1 for c in READABILITY_COLUMNS}})
+    return _derived(lab)
+
+
+# --------------------------------------------------------------------------- SynFundus corpus
+
+
+def synfundus_example(index: int, seed: int = 0, size: int = 512, caption_noise: float = 0.03,
+                      low_quality_rate: float = 0.06) -> tuple[dict[str, Any], Rendered]:
+    """Labels (with ``diagnosticAdvice``, without ``file_*``) and rendering of corpus image ``index``."""
+    labels = sample_labels(_rng(seed, "synfundus", index, 0), low_quality_rate)
+    labels["diagnosticAdvice"] = make_caption(labels, _rng(seed, "synfundus", index, 1), caption_noise)
+    return labels, render_fundus(labels, _rng(seed, "synfundus", index, 2), size, SYNFUNDUS_CAMERA)
+
+
+def sample_captions(n: int, seed: int = 0, caption_noise: float = 0.03,
+                    low_quality_rate: float = 0.06) -> list[str]:
+    """The ``diagnosticAdvice`` of corpus images ``0..n-1`` (no rendering; same as the CSV's)."""
+    out = []
+    for index in range(n):
+        labels = sample_labels(_rng(seed, "synfundus", index, 0), low_quality_rate)
+        out.append(make_caption(labels, _rng(seed, "synfundus", index, 1), caption_noise))
+    return out
+
+
+def _png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, "PNG", compress_level=PNG_COMPRESS_LEVEL)
+    return buf.getvalue()
+
+
+def _jpeg(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", quality=JPEG_QUALITY)
+    return buf.getvalue()
+
+
+def _synfundus_job(args: tuple[int, int, int, float, float, int]) -> tuple[dict[str, Any], bytes]:
+    index, seed, size, noise, low_rate, id_offset = args
+    labels, rendered = synfundus_example(index, seed, size, noise, low_rate)
+    data = _png(rendered.image)
+    labels["file_md5"] = hashlib.md5(data).hexdigest()
+    labels["file_name"] = f"{id_offset + index}.png"
+    return labels, data
+
+
+def write_synfundus(root: str | os.PathLike[str], n: int, seed: int = 0, size: int = 512, workers: int = 1, *,
+                    caption_noise: float = 0.03, low_quality_rate: float = 0.06, id_offset: int = ID_OFFSET,
+                    progress: bool = True) -> Path:
+    """Write ``n`` images to ``root/Fundus/{id}.png`` and ``root/SynFundus-1M_annotation.csv``.
+
+    Returns the CSV's path. ``workers`` > 1 renders in that many processes (same bytes).
+    """
+    SynthConfig(n_images=n, seed=seed, size=size, caption_noise=caption_noise,
+                low_quality_rate=low_quality_rate, id_offset=id_offset)  # validates
+    root = Path(root)
+    jobs = [(i, seed, size, caption_noise, low_quality_rate, id_offset) for i in range(n)]
+    with _staging(root) as stage:
+        (stage / SYNFUNDUS_IMAGE_DIR).mkdir()
+        rows = []
+        for labels, data in _run(_synfundus_job, jobs, workers, "SynFundus", progress):
+            (stage / SYNFUNDUS_IMAGE_DIR / labels["file_name"]).write_bytes(data)
+            rows.append([_cell(labels[c]) for c in SYNFUNDUS_COLUMNS])
+        _write_csv(stage / SYNFUNDUS_CSV, SYNFUNDUS_COLUMNS, rows)
+        _warn_stale(root / SYNFUNDUS_IMAGE_DIR, {f"{id_offset + i}.png" for i in range(n)})
+        _commit(stage, root, [SYNFUNDUS_IMAGE_DIR], SYNFUNDUS_CSV)
+    logger.info("wrote %d SynFundus images to %s", n, root)
+    return root / SYNFUNDUS_CSV
+
+
+# --------------------------------------------------------------------------- evaluation sets
+
+
+def _messidor_name(index: int) -> str:
+    """Messidor-2 style names: pairs of eyes, 3 in 5 patients from Messidor (PNG), the rest IM*.JPG."""
+    patient, eye = divmod(index, 2)
+    if patient % 5 < 3:
+        day = 20 + patient // 12
+        return f"2005{10 + (day // 31) % 3:02d}{day % 31 + 1:02d}_{40000 + 26 * patient + 11 * eye:05d}_" \
+               f"{'0100' if patient % 2 == 0 else '0200'}_PP.png"
+    return f"IM{2385 + 2 * patient + eye:06d}.JPG"
+
+
+def _messidor_job(args: tuple[int, int, int]) -> tuple[list[str], str, bytes]:
+    index, seed, size = args
+    rng = _rng(seed, "messidor2", index, 0)
+    gradable = index % 40 != 7  # about 2.5% ungradable, wherever the set is cut
+    grade = int(rng.choice(5, p=MESSIDOR2_GRADE_P))
+    dme = int(rng.random() < (0.0, 0.04, 0.25, 0.45, 0.5)[grade])
+    lab = _blank_labels(index % 2, dr_grade=grade, is_dme=dme, is_dm=1)
+    if not gradable:
+        lab["retinal_region_quality_score"] = 0.2
+    rendered = render_fundus(lab, _rng(seed, "messidor2", index, 2), size, EXTERNAL_CAMERAS["messidor2"])
+    canvas = Image.new("RGB", (round(size * 1.5), size))  # Messidor photos are 3:2 with a round FOV
+    canvas.paste(rendered.image, ((canvas.width - size) // 2, 0))
+    name = _messidor_name(index)
+    data = _png(canvas) if name.endswith(".png") else _jpeg(canvas)
+    row = [name, str(grade) if gradable else "", str(dme) if gradable else "", str(int(gradable))]
+    return row, name, data
+
+
+def write_messidor2(root: str | os.PathLike[str], n: int, seed: int = 0, size: int = 512, workers: int = 1,
+                    progress: bool = True) -> Path:
+    """Write a Messidor-2 (Kaggle adjudicated) lookalike under ``root/messidor2``; returns that folder."""
+    SynthConfig(n_eval=n, seed=seed, size=size)
+    lay = MESSIDOR2
+    root = Path(root)
+    with _staging(root) as stage:
+        images = stage / lay.folder / lay.image_dir
+        images.mkdir(parents=True)
+        rows = []
+        for row, name, data in _run(_messidor_job, [(i, seed, size) for i in range(n)], workers, "Messidor-2",
+                                    progress):
+            (images / name).write_bytes(data)
+            rows.append(row)
+        _write_csv(stage / lay.folder / lay.csv, lay.columns, rows)
+        _commit(stage, root, [f"{lay.folder}/{lay.image_dir}"], f"{lay.folder}/{lay.csv}")
+    logger.info("wrote %d Messidor-2 images to %s", n, root / lay.folder)
+    return root / lay.folder
+
+
+def _split_counts(n: int, parts: int) -> list[int]:
+    return [n // parts + (1 if k < n % parts else 0) for k in range(parts)]
+
+
+def fives_plan(n: int) -> list[tuple[str, int, str]]:
+    """``(split, number, class)`` for ``n`` FIVES images: 75% train, classes in blocks per split."""
+    n_train = round(n * FIVES.train_fraction)
+    plan = []
+    for split, count in zip(FIVES.splits, (n_train, n - n_train)):
+        number = 0
+        for cls, k in zip(FIVES.classes, _split_counts(count, len(FIVES.classes))):
+            for _ in range(k):
+                number += 1
+                plan.append((split, number, cls))
+    return plan
+
+
+def _fives_job(args: tuple[int, int, int, str]) -> tuple[bytes, bytes]:
+    index, seed, size, cls = args
+    rng = _rng(seed, "fives", index, 0)
+    eye = int(rng.integers(2))
+    if cls == "A":
+        lab = _blank_labels(eye, is_amd=1)
+    elif cls == "D":
+        grade = int(rng.choice(5, p=FIVES_DR_GRADE_P))
+        lab = _blank_labels(eye, dr_grade=grade, is_dm=1, is_dme=int(grade >= 2 and rng.random() < 0.3))
+    elif cls == "G":
+        lab = _blank_labels(eye, is_gc=1)
+    else:
+        lab = _blank_labels(eye)
+    rendered = render_fundus(lab, _rng(seed, "fives", index, 2), size, EXTERNAL_CAMERAS["fives"], vessel_mask=True)
+    assert rendered.vessel_mask is not None
+    return _png(rendered.image), _png(rendered.vessel_mask)
+
+
+def write_fives(root: str | os.PathLike[str], n: int, seed: int = 0, size: int = 512, workers: int = 1,
+                progress: bool = True) -> Path:
+    """Write a FIVES lookalike (images + binary vessel masks) under ``root/fives``; returns that folder."""
+    SynthConfig(n_eval=n, seed=seed, size=size)
+    lay = FIVES
+    root = Path(root)
+    plan = fives_plan(n)
+    with _staging(root) as stage:
+        for split in lay.splits:
+            for sub in (lay.image_dir, lay.mask_dir):
+                (stage / lay.folder / split / sub).mkdir(parents=True)
+        jobs = [(i, seed, size, cls) for i, (_, _, cls) in enumerate(plan)]
+        for (split, number, cls), (img, mask) in zip(plan, _run(_fives_job, jobs, workers, "FIVES", progress)):
+            name = lay.pattern.format(n=number, cls=cls)
+            (stage / lay.folder / split / lay.image_dir / name).write_bytes(img)
+            (stage / lay.folder / split / lay.mask_dir / name).write_bytes(mask)
+        _commit(stage, root, [lay.folder], None)
+    logger.info("wrote %d FIVES images to %s", n, root / lay.folder)
+    return root / lay.folder
+
+
+def refuge_plan(n: int) -> list[tuple[str, str]]:
+    """``(class folder, file stem)`` for ``n`` REFUGE training images, 10% glaucoma."""
+    n_g = min(n, max(1, round(n * REFUGE.glaucoma_fraction))) if n else 0
+    plan = []
+    for folder, count in zip(("Glaucoma", "Non-Glaucoma"), (n_g, n - n_g)):
+        prefix = REFUGE.classes[folder]
+        plan += [(folder, f"{prefix}{k + 1:04d}") for k in range(count)]
+    return plan
+
+
+def _disc_cup_mask(geometry: Geometry) -> Image.Image:
+    """REFUGE-style mask: 0 cup, 128 disc rim, 255 elsewhere."""
+    values = REFUGE.mask_values
+    mask = Image.new("L", (geometry.size, geometry.size), values["background"])
+    draw = ImageDraw.Draw(mask)
+    for (cx, cy), r, v in ((geometry.disc_center, geometry.disc_radius, values["disc"]),
+                           (geometry.cup_center, geometry.cup_radius, values["cup"])):
+        draw.ellipse([cx - r, cy - r * DISC_ASPECT, cx + r, cy + r * DISC_ASPECT], fill=v)
+    return mask
+
+
+def _refuge_job(args: tuple[int, int, int, str]) -> tuple[bytes, bytes]:
+    index, seed, size, folder = args
+    rng = _rng(seed, "refuge", index, 0)
+    lab = _blank_labels(int(rng.integers(2)), is_gc=REFUGE.labels[folder])
+    rendered = render_fundus(lab, _rng(seed, "refuge", index, 2), size, EXTERNAL_CAMERAS["refuge"])
+    buf = io.BytesIO()
+    _disc_cup_mask(rendered.geometry).save(buf, "BMP")
+    return _jpeg(rendered.image), buf.getvalue()
+
+
+def write_refuge(root: str | os.PathLike[str], n: int, seed: int = 0, size: int = 512, workers: int = 1,
+                 progress: bool = True) -> Path:
+    """Write a REFUGE Training400 lookalike (JPEGs + disc/cup BMP masks) under ``root/refuge``."""
+    SynthConfig(n_eval=n, seed=seed, size=size)
+    lay = REFUGE
+    root = Path(root)
+    plan = refuge_plan(n)
+    with _staging(root) as stage:
+        for folder in lay.classes:
+            (stage / lay.folder / lay.image_dir / folder).mkdir(parents=True)
+            (stage / lay.folder / lay.mask_dir / folder).mkdir(parents=True)
+        jobs = [(i, seed, size, folder) for i, (folder, _) in enumerate(plan)]
+        for (folder, stem), (img, mask) in zip(plan, _run(_refuge_job, jobs, workers, "REFUGE", progress)):
+            (stage / lay.folder / lay.image_dir / folder / f"{stem}.jpg").write_bytes(img)
+            (stage / lay.folder / lay.mask_dir / folder / f"{stem}.bmp").write_bytes(mask)
+        _commit(stage, root, [lay.folder], None)
+    logger.info("wrote %d REFUGE images to %s", n, root / lay.folder)
+    return root / lay.folder
+
+
+EVAL_WRITERS: Mapping[str, Callable[..., Path]] = MappingProxyType({
+    "messidor2": write_messidor2, "fives": write_fives, "refuge": write_refuge,
+})
+assert set(EVAL_WRITERS) == set(EVAL_LAYOUTS)
+
+
+def write_eval_sets(root: str | os.PathLike[str], n: int, seed: int = 0, size: int = 512, workers: int = 1,
+                    names: Sequence[str] = tuple(EVAL_WRITERS), progress: bool = True) -> dict[str, Path]:
+    """Write the named evaluation sets (``n`` images each); returns name -> folder."""
+    unknown = sorted(set(names) - set(EVAL_WRITERS))
+    if unknown:
+        raise ValueError(f"unknown evaluation set(s) {unknown}; choose from {sorted(EVAL_WRITERS)}")
+    return {name: EVAL_WRITERS[name](root, n, seed, size, workers, progress) for name in names}
+
+
+def generate(root: str | os.PathLike[str], config: SynthConfig = SynthConfig(), workers: int = 1,
+             corpus: bool = True, eval_sets: Sequence[str] = tuple(EVAL_WRITERS),
+             progress: bool = True) -> dict[str, Path]:
+    """Write the corpus and evaluation sets a :class:`SynthConfig` describes; returns what was written."""
+    out: dict[str, Path] = {}
+    if corpus and config.n_images:
+        out["synfundus"] = write_synfundus(root, config.n_images, config.seed, config.size, workers,
+                                           caption_noise=config.caption_noise,
+                                           low_quality_rate=config.low_quality_rate,
+                                           id_offset=config.id_offset, progress=progress)
+    if eval_sets and config.n_eval:
+        out.update(write_eval_sets(root, config.n_eval, config.seed, config.size, workers, eval_sets, progress))
+    return out
+
+
+# --------------------------------------------------------------------------- plumbing
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def _write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
+    with open(path, "w", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def _run(fn: Callable[[Any], Any], jobs: list[Any], workers: int, desc: str, progress: bool) -> Iterator[Any]:
+    """``map(fn, jobs)`` in order, in ``workers`` processes when > 1, with a tqdm bar."""
+    from tqdm import tqdm
+
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    bar = tqdm(total=len(jobs), desc=desc, unit="img", disable=not progress, leave=False)
+    try:
+        if workers == 1 or len(jobs) < 2:
+            for job in jobs:
+                yield fn(job)
+                bar.update()
+        else:
+            chunk = max(1, min(16, len(jobs) // (workers * 4)))
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                for result in pool.map(fn, jobs, chunksize=chunk):
+                    yield result
+                    bar.update()
+    finally:
+        bar.close()
+
+
+def _warn_stale(folder: Path, new: set[str]) -> None:
+    """Existing files are replaced, never deleted: say so when some will not be in the new CSV."""
+    if folder.is_dir():
+        stale = sum(1 for p in folder.iterdir() if p.name not in new)
+        if stale:
+            logger.warning("%s keeps %d earlier image(s) that the new annotation file does not list", folder, stale)
+
+
+@contextmanager
+def _staging(root: Path) -> Iterator[Path]:
+    """A hidden scratch folder inside ``root`` (same file system, so renames are atomic)."""
+    root.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".vclip-synth-", dir=root))
+    try:
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _commit(stage: Path, root: Path, trees: Sequence[str], last_file: str | None) -> None:
+    """Move staged ``trees`` into ``root`` (a whole folder when new, else file by file), then ``last_file``."""
+    for rel in trees:
+        src, dst = stage / rel, root / rel
+        if not dst.exists():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dst)
+            continue
+        for path in sorted(src.rglob("*")):
+            target = dst / path.relative_to(src)
+            if path.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+            else:
+                os.replace(path, target)
+    if last_file is not None:
+        (root / last_file).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(stage / last_file, root / last_file)
