@@ -36,6 +36,7 @@ setup(
         "six",
         "pyyaml",
         "matplotlib",
+        "tensorboard",
         "scikit-learn",
     ],
     extras_require={

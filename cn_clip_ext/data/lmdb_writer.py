@@ -1,0 +1,352 @@
+"""Build Chinese-CLIP LMDB datasets from an annotation CSV and a folder of images.
+
+Output (per shard; the shard folder is ``out`` itself without sharding)::
+
+    out/{train,valid,test}/imgs     LMDB: str(image_id) -> URL-safe base64 of the encoded image,
+                                          b"num_images" -> count
+    out/{train,valid,test}/pairs    LMDB: str(index) -> pickle((image_id, text_id, caption)),
+                                          b"num_samples" -> count
+    out/{train,valid,test}/labels.csv   image_id, file_name and every label column
+    out/splits.csv                   file_name, split, image_id for every stored image
+    out/rejects.csv                  row, file_name, reason, detail for every rejected row
+    out/summary.json                 counts per split / label / reject reason, caption token stats
+    out/manifest.json                the config and input identity; written last ("complete")
+
+exactly the layout ``cn_clip.training.data.LMDBDataset`` reads. Rows stream through a process
+pool (decode, check, resize, re-encode) in CSV order, a bounded number of blocks in flight; the
+parent writes each block in one transaction per database, then records it in the journal
+(:mod:`.lmdb_journal`), which makes the build resumable.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import multiprocessing as mp
+import os
+import pickle
+import shutil
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from tqdm import tqdm
+
+from ..errors import UserError, where
+from .lmdb_journal import BUILD_DIR, Cursor, Journal, RowOutcome
+from .lmdb_store import IMGS, NUM_IMAGES, NUM_SAMPLES, PAIRS, open_writable, put_all
+from .lmdb_tables import MANIFEST, SIDE_TABLES, write_side_tables
+from .splits import SPLITS, SplitRatios, shard_of, split_of
+from .validate import (
+    DUPLICATE_FILE_NAME, EMPTY_CAPTION, EMPTY_FILE_NAME, MALFORMED_ROW, UNDECODABLE, CsvInfo, ImageOptions,
+    InputSpec, RowReject, caption_tokens, iter_rows, process_image, row_fields, scan_csv,
+)
+
+logger = logging.getLogger(__name__)
+
+PICKLE_PROTOCOL = 4
+THROTTLE_ENV = "VCLIP_LMDB_THROTTLE_S"
+"""Testing hook: seconds to sleep after each committed block (to kill a build mid-way)."""
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Everything that defines an LMDB build."""
+
+    input: InputSpec
+    out: Path
+    ratios: SplitRatios = SplitRatios()
+    seed: int = 0
+    image: ImageOptions = ImageOptions()
+    shards: int = 1
+    shard_index: int | None = None
+    """Build only this shard (one node of a multi-node build); ``None`` builds every shard."""
+    context_length: int = 52
+    """Only for the caption statistics: captions longer than this minus 2 tokens get truncated."""
+    workers: int = 0
+    """Worker processes; 0 uses every core."""
+    batch_rows: int = 512
+    """Rows per block: one LMDB transaction per database and one journal commit."""
+    progress: bool = True
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.shards < 1:
+            raise ValueError(f"shards must be >= 1, got {self.shards}")
+        if self.shard_index is not None and not 0 <= self.shard_index < self.shards:
+            raise ValueError(f"shard index {self.shard_index} is not in 0..{self.shards - 1}")
+        if self.batch_rows < 1:
+            raise ValueError(f"batch_rows must be >= 1, got {self.batch_rows}")
+
+    def shard_dirs(self) -> list[tuple[int, Path]]:
+        """``(shard, folder)`` for each shard this config builds."""
+        if self.shards == 1:
+            return [(0, Path(self.out))]
+        wanted = range(self.shards) if self.shard_index is None else [self.shard_index]
+        return [(i, Path(self.out) / f"shard-{i:03d}-of-{self.shards:03d}") for i in wanted]
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """One built shard: its folder, images per split and rejected rows."""
+
+    out: Path
+    counts: Mapping[str, int]
+    rejected: int
+    resumed_from_row: int
+    seconds: float
+
+
+def _fingerprint(cfg: BuildConfig, info: CsvInfo, shard: int) -> dict[str, Any]:
+    stat = info.path.stat()
+    return {
+        "format_version": FORMAT_VERSION,
+        "csv": str(info.path.resolve()), "csv_size": stat.st_size, "csv_mtime_ns": stat.st_mtime_ns,
+        "encoding": info.encoding, "image_root": str(cfg.input.image_root.resolve()),
+        "image_col": cfg.input.image_col, "text_col": cfg.input.text_col, "label_cols": list(info.label_cols),
+        "ratios": str(cfg.ratios), "seed": cfg.seed, "image": dataclasses.asdict(cfg.image),
+        "shards": cfg.shards, "shard": shard, "context_length": cfg.context_length,
+    }
+
+
+# --- worker side --------------------------------------------------------------------------------
+
+_OPTIONS = ImageOptions()
+
+
+def _init_worker(options: ImageOptions) -> None:
+    global _OPTIONS
+    _OPTIONS = options
+
+
+def _work(task: tuple[str, str]) -> tuple[bytes | None, str, str, int]:
+    """``(base64 image or None, reason, detail, caption tokens)`` for one row."""
+    path, caption = task
+    tokens = caption_tokens(caption)
+    try:
+        return process_image(Path(path), _OPTIONS), "", "", tokens
+    except RowReject as rej:
+        return None, rej.reason, rej.detail, tokens
+    except Exception as exc:  # noqa: BLE001 - one odd file must not stop a million-row build
+        return None, UNDECODABLE, f"{type(exc).__name__}: {exc}", tokens
+
+
+class _Inline:
+    """Pool stand-in for ``workers=1``: same interface, runs in this process."""
+
+    class _Result:
+        def __init__(self, fn, items):
+            self._fn, self._items = fn, items
+
+        def get(self):
+            return [self._fn(x) for x in self._items]
+
+    def __init__(self, options: ImageOptions):
+        _init_worker(options)
+
+    def map_async(self, fn, items, chunksize=1):
+        return self._Result(fn, items)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _pool(workers: int, options: ImageOptions):
+    if workers <= 1:
+        return _Inline(options)
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    return mp.get_context(method).Pool(workers, initializer=_init_worker, initargs=(options,))
+
+
+# --- parent side --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Item:
+    row: int
+    file_name: str
+    caption: str
+    reject: RowReject | None = None
+
+
+def _blocks(cfg: BuildConfig, info: CsvInfo, shard: int, start_row: int) -> Iterator[tuple[list[_Item], int]]:
+    """Blocks of this shard's rows from ``start_row`` on, each with the next row after it.
+
+    Duplicates are judged on every earlier row of the shard (the first occurrence wins), so rows
+    before ``start_row`` are still read, but not processed.
+    """
+    seen: set[str] = set()
+    block: list[_Item] = []
+    for row, fields in iter_rows(info):
+        if not fields:
+            continue  # blank line
+        parsed = row_fields(info, fields)
+        if parsed is None:
+            if shard != 0:
+                continue
+            item = _Item(row, "", "", RowReject(MALFORMED_ROW, f"{len(fields)} fields, header has {len(info.header)}"))
+        else:
+            name, caption = parsed
+            if shard_of(name, cfg.shards, cfg.seed) != shard:
+                continue
+            if not name:
+                item = _Item(row, name, caption, RowReject(EMPTY_FILE_NAME, "no file name"))
+            elif name in seen:
+                item = _Item(row, name, caption, RowReject(DUPLICATE_FILE_NAME, "file name appeared on an earlier row"))
+            else:
+                seen.add(name)
+                reject = None if caption.strip() else RowReject(EMPTY_CAPTION, "caption is empty or whitespace")
+                item = _Item(row, name, caption, reject)
+        if row < start_row:
+            continue
+        block.append(item)
+        if len(block) >= cfg.batch_rows:
+            yield block, row + 1
+            block = []
+    yield block, info.rows + 1
+
+
+class _SplitWriter:
+    """The six LMDB environments of one output folder."""
+
+    def __init__(self, out: Path):
+        self.envs = {(s, k): open_writable(out / s / k) for s in SPLITS for k in (IMGS, PAIRS)}
+
+    def write(self, data: Mapping[tuple[str, str], list[tuple[bytes, bytes]]]) -> None:
+        for key, items in data.items():
+            put_all(self.envs[key], items)
+
+    def write_counts(self, counts: Mapping[str, int]) -> None:
+        for s in SPLITS:
+            n = str(counts[s]).encode()
+            put_all(self.envs[(s, IMGS)], [(NUM_IMAGES, n)])
+            put_all(self.envs[(s, PAIRS)], [(NUM_SAMPLES, n)])
+
+    def close(self) -> None:
+        for env in self.envs.values():
+            env.close()
+
+
+def _resolve(cfg: BuildConfig, block: list[_Item], results: list, cursor: Cursor, next_row: int):
+    """Turn a block and its worker results into LMDB items, journal outcomes and the new cursor."""
+    counts = dict(cursor.counts)
+    data: dict[tuple[str, str], list[tuple[bytes, bytes]]] = {(s, k): [] for s in SPLITS for k in (IMGS, PAIRS)}
+    outcomes: list[tuple[int, RowOutcome]] = []
+    it = iter(results)
+    for item in block:
+        if item.reject is not None:
+            tokens = caption_tokens(item.caption) if item.caption.strip() else 0
+            outcomes.append((item.row, RowOutcome(tokens=tokens, reason=item.reject.reason, detail=item.reject.detail)))
+            continue
+        b64, reason, detail, tokens = next(it)
+        if b64 is None:
+            outcomes.append((item.row, RowOutcome(tokens=tokens, reason=reason, detail=detail)))
+            continue
+        split = split_of(item.file_name, cfg.seed, cfg.ratios)
+        idx = counts[split]
+        counts[split] = idx + 1
+        key = str(idx).encode()
+        data[(split, IMGS)].append((key, b64))
+        data[(split, PAIRS)].append((key, pickle.dumps((idx, idx, item.caption), protocol=PICKLE_PROTOCOL)))
+        outcomes.append((item.row, RowOutcome(split, idx, tokens)))
+    return data, outcomes, Cursor(next_row, counts)
+
+
+def _prepare(out: Path, fingerprint: Mapping[str, Any], overwrite: bool) -> bool:
+    """Check ``out`` before writing anything; ``True`` when it already holds this exact build."""
+    manifest = out / MANIFEST
+    journal = out / BUILD_DIR / "journal" / "data.mdb"
+    previous: Mapping[str, Any] | None = None
+    if manifest.is_file():
+        previous = json.loads(manifest.read_text(encoding="utf-8")).get("fingerprint")
+    elif journal.is_file():
+        j = Journal(out)
+        previous = j.meta()
+        j.close()
+    elif out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise UserError(f"{where(out)}: output folder is not empty and holds no build; "
+                        "choose another --out or pass --overwrite")
+    if previous is not None and previous != dict(fingerprint):
+        if not overwrite:
+            changed = sorted(k for k in {**previous, **fingerprint} if previous.get(k) != fingerprint.get(k))
+            raise UserError(f"{where(out)}: holds a build with different settings or input ({', '.join(changed)}); "
+                            "pass --overwrite to rebuild it")
+        previous = None
+    if previous is None and overwrite:
+        for name in (*SPLITS, BUILD_DIR, *SIDE_TABLES, MANIFEST):
+            path = out / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    return manifest.is_file() and previous is not None
+
+
+def _build_shard(cfg: BuildConfig, info: CsvInfo, shard: int, out: Path) -> BuildResult:
+    fingerprint = _fingerprint(cfg, info, shard)
+    if _prepare(out, fingerprint, cfg.overwrite):
+        summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+        shutil.rmtree(out / BUILD_DIR, ignore_errors=True)  # left if killed right after the manifest
+        logger.info("%s: already complete, nothing to do", out)
+        return BuildResult(out, summary["images"], summary["rejected"]["total"], info.rows + 1, 0.0)
+    started = time.perf_counter()
+    workers = cfg.workers or os.cpu_count() or 1
+    throttle = float(os.environ.get(THROTTLE_ENV, "0") or 0)
+    chunk = max(1, cfg.batch_rows // (4 * workers))
+    with _pool(workers, cfg.image) as pool:  # fork before any LMDB environment or thread exists
+        out.mkdir(parents=True, exist_ok=True)
+        journal = Journal(out)
+        if journal.meta() is None:
+            journal.set_meta(fingerprint)
+        cursor = journal.cursor()
+        resumed_from = cursor.next_row
+        if resumed_from > 1:
+            logger.info("%s: resuming at row %d of %d", out, resumed_from, info.rows)
+        writer = _SplitWriter(out)
+        bar = tqdm(total=info.rows, initial=resumed_from - 1, unit="row", disable=not cfg.progress,
+                   desc=out.name, dynamic_ncols=True, mininterval=1.0)
+        pending: deque = deque()
+
+        def drain_one() -> None:
+            nonlocal cursor
+            block, next_row, result = pending.popleft()
+            data, outcomes, new_cursor = _resolve(cfg, block, result.get(), cursor, next_row)
+            writer.write(data)
+            journal.commit(outcomes, new_cursor)  # last: the data of a block is in before its cursor
+            bar.update(new_cursor.next_row - cursor.next_row)
+            cursor = new_cursor
+            if throttle:
+                time.sleep(throttle)
+
+        try:
+            for block, next_row in _blocks(cfg, info, shard, resumed_from):
+                tasks = [(str(cfg.input.image_root / it.file_name), it.caption) for it in block if it.reject is None]
+                pending.append((block, next_row, pool.map_async(_work, tasks, chunk)))
+                if len(pending) > 2:
+                    drain_one()
+            while pending:
+                drain_one()
+            writer.write_counts(cursor.counts)
+            bar.close()
+            rejected = write_side_tables(out, info, journal, fingerprint, cfg)
+        finally:
+            bar.close()
+            writer.close()
+            journal.close()
+    shutil.rmtree(out / BUILD_DIR, ignore_errors=True)
+    seconds = time.perf_counter() - started
+    logger.info("%s: %s images (train/valid/test %s), %d rejected, %.1f s",
+                out, sum(cursor.counts.values()), "/".join(str(cursor.counts[s]) for s in SPLITS), rejected, seconds)
+    return BuildResult(out, dict(cursor.counts), rejected, resumed_from, seconds)
+
+
+def build_lmdb(cfg: BuildConfig) -> list[BuildResult]:
+    """Build (or resume, or confirm) every shard of ``cfg``; user errors raise :class:`UserError`."""
+    if not cfg.input.image_root.is_dir():
+        raise UserError(f"{where(cfg.input.image_root)}: no such image folder")
+    info = scan_csv(cfg.input)
+    logger.info("%s: %d rows, encoding %s, %d label columns", info.path, info.rows, info.encoding,
+                len(info.label_cols))
+    return [_build_shard(cfg, info, shard, out) for shard, out in cfg.shard_dirs()]
