@@ -1,0 +1,136 @@
+"""Process-group set-up from torchrun's environment: gloo on CPU, NCCL on CUDA, none alone.
+
+Nothing here reads command-line flags: ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` (and
+``MASTER_ADDR``/``MASTER_PORT``) come from torchrun, so one program runs unchanged on one CPU
+process, N CPU processes, one GPU or N GPUs on M nodes.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from ..errors import UserError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Where this process sits: global rank, world size, local rank and its device."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    backend: str | None = None  # None: no process group (a single process)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise UserError(f"environment variable {name}={raw!r} is not an integer") from None
+
+
+def pick_device(requested: str, local_rank: int) -> torch.device:
+    """``auto``: ``cuda:LOCAL_RANK`` when CUDA is available, else the CPU."""
+    if requested == "cpu":
+        return torch.device("cpu")
+    if requested in ("auto", "cuda") or requested.startswith("cuda"):
+        if torch.cuda.is_available():
+            if requested.startswith("cuda:"):
+                return torch.device(requested)
+            return torch.device("cuda", local_rank % torch.cuda.device_count())
+        if requested != "auto":
+            raise UserError(f"device {requested!r} requested but CUDA is not available")
+        return torch.device("cpu")
+    raise UserError(f"unknown device {requested!r}: use auto, cpu or cuda")
+
+
+def init_distributed(device: str = "auto", timeout_s: int = 1800) -> DistEnv:
+    """Read torchrun's variables and start the process group when the world has > 1 process."""
+    world = _env_int("WORLD_SIZE", 1)
+    rank = _env_int("RANK", 0)
+    local_rank = _env_int("LOCAL_RANK", 0)
+    dev = pick_device(device, local_rank)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if world <= 1:
+        return DistEnv(0, 1, 0, dev, None)
+    backend = "nccl" if dev.type == "cuda" else "gloo"
+    if not dist.is_initialized():
+        kwargs = {"device_id": dev} if backend == "nccl" else {}
+        dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s), **kwargs)
+    logger.info("rank %d/%d (local %d) on %s with %s", rank, world, local_rank, dev, backend)
+    return DistEnv(rank, world, local_rank, dev, backend)
+
+
+def cleanup(env: DistEnv) -> None:
+    """Tear the process group down (safe to call twice)."""
+    if env.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def is_dist() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def barrier() -> None:
+    if is_dist():
+        dist.barrier()
+
+
+def all_gather_object(obj):
+    """Every rank's ``obj`` as a list (``[obj]`` alone)."""
+    if not is_dist():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj, src: int = 0):
+    """Rank ``src``'s ``obj`` on every rank."""
+    if not is_dist():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def all_gather_tensor(t: torch.Tensor) -> torch.Tensor:
+    """Concatenate equally shaped tensors from all ranks along dim 0 (no gradient)."""
+    if not is_dist():
+        return t
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts, 0)
+
+
+def reduce_mean(value: float, device: torch.device) -> float:
+    """The mean of a Python number over ranks."""
+    if not is_dist():
+        return float(value)
+    t = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t.item()) / dist.get_world_size()
+
+
+__all__ = ["DistEnv", "all_gather_object", "all_gather_tensor", "barrier", "broadcast_object", "cleanup",
+           "init_distributed", "is_dist", "pick_device", "reduce_mean"]

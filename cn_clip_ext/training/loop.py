@@ -1,0 +1,350 @@
+"""The trainer: cn_clip's model and contrastive recipe, from one CPU process to M x N GPUs.
+
+``train(config)`` builds everything from the config; tests and benchmarks may pass their own
+map-style datasets of ``(image_tensor, token_ids)``. A run is reproducible from its seed, and a
+run resumed from a checkpoint continues at the exact next micro-batch with the same RNG states,
+so its loss trajectory equals the uninterrupted run's (fp32, deterministic kernels).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+
+from ..errors import UserError
+from ..factory import add_model_config, create_model_and_transforms, get_tokenizer
+from . import checkpoint as ckpt
+from .config import TrainConfig
+from .data import LabelledDataset, ResumableSampler, SeededDataset, item_seed, steps_per_epoch, toy_splits
+from .distributed import DistEnv, all_gather_object, barrier, cleanup, init_distributed
+from .evaluation import evaluate
+from .loss import ContrastiveLoss, clamp_logit_scale
+from .optim import build_optimizer, build_scheduler
+from .recorder import Recorder, host_rss_mb
+from .warmstart import warm_start
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite; the run stopped and kept its last good checkpoint."""
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or deliberately stopped) run reports."""
+
+    step: int
+    total_steps: int
+    epoch: int
+    output_dir: Path
+    last_checkpoint: Path | None
+    losses: list[tuple[int, float]] = field(default_factory=list)  # the last 10,000 steps of this process
+    valid: dict[str, float] = field(default_factory=dict)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for fp32."""
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if precision == "fp16" and device.type != "cuda":
+        raise UserError("precision fp16 needs a GPU; use fp32 (or bf16) on the CPU")
+    return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+def build_datasets(config: TrainConfig, train_tf: Any, eval_tf: Any, image_size: int) -> tuple[Dataset, Dataset | None]:
+    """Train and valid datasets from ``config.data``: ``toy:N`` or an LMDB root with train/ and valid/."""
+    if config.data is None:
+        raise UserError("no training data: set --data to an LMDB root (with train/ and valid/) or toy:N")
+    if config.data.startswith("toy"):
+        return toy_splits(config.data, image_size, config.seed, config.context_length)
+    root = Path(config.data)
+    if not (root / "train").is_dir():
+        raise UserError(f"{root}: no train/ LMDB split here (expected {root}/train/imgs and {root}/train/pairs)")
+    try:
+        from ..data.lmdb_reader import LmdbPairDataset  # the other half of the data pipeline
+    except ImportError:
+        raise UserError("cn_clip_ext.data.lmdb_reader is not available in this installation") from None
+    tokenizer = get_tokenizer(config.model, context_length=config.context_length)
+
+    def open_split(split: str, transform: Any) -> Dataset:
+        try:
+            return LmdbPairDataset(root / split, transform=transform, tokenizer=tokenizer)
+        except (FileNotFoundError, ValueError) as exc:
+            raise UserError(str(exc).splitlines()[0]) from None
+
+    train = open_split("train", train_tf)
+    valid = None
+    if (root / "valid").is_dir():
+        valid = open_split("valid", eval_tf)
+        if callable(getattr(valid, "labels", None)):
+            valid = LabelledDataset(valid, config.valid_max_samples)
+    else:
+        logger.warning("%s: no valid/ split; validation is skipped", root)
+    return train, valid
+
+
+class Trainer:
+    """One training run on this process (see :func:`train`)."""
+
+    def __init__(self, config: TrainConfig, env: DistEnv, train_dataset: Dataset | None = None,
+                 valid_dataset: Dataset | None = None):
+        self.config, self.env = config, env
+        c = config
+        if c.model_config_dir:
+            add_model_config(c.model_config_dir)
+        self.out = Path(c.output_dir)
+        self.ckpt_dir = self.out / "checkpoints"
+        if env.is_main:
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        seed_everything(c.seed + env.rank)
+        model, train_tf, eval_tf = create_model_and_transforms(
+            c.model, seed=c.seed, context_length=c.context_length, preprocess=c.preprocess)
+        self.tokenizer = get_tokenizer(c.model, context_length=c.context_length)
+        if train_dataset is None:
+            train_dataset, built_valid = build_datasets(c, train_tf, eval_tf, model.vclip_config.image_size)
+            valid_dataset = valid_dataset if valid_dataset is not None else built_valid
+        self.train_set, self.valid_set = train_dataset, valid_dataset
+        n = len(train_dataset)  # type: ignore[arg-type]
+        self.steps_per_epoch = steps_per_epoch(n, c.batch_size, env.world_size, c.accum_steps)
+        if self.steps_per_epoch < 1:
+            raise UserError(f"the training split has {n} items, fewer than one optimizer step needs "
+                            f"({c.batch_size} x {env.world_size} processes x {c.accum_steps} accumulation)")
+        self.total_steps = c.max_steps if c.max_steps is not None else self.steps_per_epoch * c.epochs
+
+        resume_path = ckpt.find_resume(c.resume, self.ckpt_dir)
+        state = ckpt.load_checkpoint(resume_path) if resume_path else None
+        if state is None and c.warm_start:
+            warm_start(model, c.warm_start)
+        if c.grad_checkpointing:
+            model.set_grad_checkpointing(True)
+        model.to(env.device)
+        self.dtype = resolve_precision(c.precision, env.device)
+        if c.sync_bn and env.distributed:
+            if env.device.type == "cuda":
+                model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            else:
+                logger.warning("sync_bn ignored: SyncBatchNorm needs CUDA")
+        self.raw_model = model
+        self.model: torch.nn.Module = model
+        if env.distributed:
+            self.model = DistributedDataParallel(
+                model, device_ids=[env.device.index] if env.device.type == "cuda" else None,
+                gradient_as_bucket_view=True)
+        self.loss_fn = ContrastiveLoss()
+        self.optimizer = build_optimizer(model, c.lr, c.weight_decay, (c.beta1, c.beta2), c.eps)
+        self.schedule = build_scheduler(self.optimizer, c.lr, c.warmup_steps, self.total_steps)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
+        self.step, self.epoch, self.batch = 0, 0, 0
+        self.last_checkpoint: Path | None = None
+        if state is not None:
+            self._restore(state, resume_path)  # type: ignore[arg-type]
+        if env.is_main:
+            c.save(self.out / "config.json")
+        self.recorder = Recorder(self.out, env.is_main, resume_step=self.step if state is not None else None,
+                                 tensorboard=c.tensorboard)
+
+    # -- state ---------------------------------------------------------------------------------
+    def _restore(self, state: dict[str, Any], path: Path) -> None:
+        try:
+            self.raw_model.load_state_dict(ckpt.strip_module(state["state_dict"]))
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise UserError(f"{path}: checkpoint does not fit this model/optimizer ({first})") from None
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+        pos = state.get("position") or {"epoch": int(state.get("epoch", 0)), "batch": 0}
+        self.epoch, self.batch = int(pos["epoch"]), int(pos["batch"])
+        rngs = state.get("rng") or []
+        if len(rngs) == self.env.world_size:
+            ckpt.restore_rng(rngs[self.env.rank])
+        else:
+            logger.warning("checkpoint has RNG states for %d processes, this run has %d: RNGs reseeded, "
+                           "so the trajectory will not match an uninterrupted run exactly",
+                           len(rngs), self.env.world_size)
+            seed_everything(self.config.seed + self.env.rank + 7 * self.step)
+        self.last_checkpoint = path
+        logger.info("resumed from %s at step %d (epoch %d, micro-batch %d)", path, self.step, self.epoch, self.batch)
+
+    def _state(self) -> dict[str, Any]:
+        rngs = all_gather_object(ckpt.capture_rng())
+        return {
+            "epoch": self.epoch, "step": self.step, "name": self.config.model,
+            "state_dict": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
+            "config": self.config.to_dict(), "rng": rngs,
+            "position": self._position(),
+            "world_size": self.env.world_size, "format_version": ckpt.FORMAT_VERSION,
+        }
+
+    def _position(self) -> dict[str, int]:
+        """The next micro-batch to read (the next epoch's first after an epoch's last step)."""
+        if self.batch >= self.steps_per_epoch * self.config.accum_steps:
+            return {"epoch": self.epoch + 1, "batch": 0}
+        return {"epoch": self.epoch, "batch": self.batch}
+
+    def save(self) -> None:
+        state = self._state()  # collective: every rank contributes its RNG state
+        if self.env.is_main:
+            self.last_checkpoint = ckpt.save_checkpoint(state, self.ckpt_dir, self.step, self.config.keep_last)
+        barrier()
+
+    # -- pieces --------------------------------------------------------------------------------
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.env.device.type, dtype=self.dtype)
+
+    def _loader(self, sampler: ResumableSampler, seeded: SeededDataset) -> DataLoader:
+        c = self.config
+        return DataLoader(
+            seeded, batch_size=c.batch_size, sampler=sampler, num_workers=c.num_workers, drop_last=True,
+            pin_memory=self.env.device.type == "cuda",
+            # the loader's own generator keeps worker seeding off the global RNG (dropout)
+            generator=torch.Generator().manual_seed(item_seed(c.seed, self.epoch, self.batch)),
+            prefetch_factor=4 if c.num_workers > 0 else None, persistent_workers=False)
+
+    def validate(self) -> dict[str, float]:
+        if self.valid_set is None:
+            return {}
+        c = self.config
+        t0 = time.perf_counter()
+        metrics = evaluate(self.model, self.valid_set, self.env, self.tokenizer,
+                           batch_size=c.valid_batch_size, loss_batch_size=c.batch_size * self.env.world_size,
+                           num_workers=min(c.num_workers, 2), max_samples=c.valid_max_samples,
+                           label_names=c.zeroshot_labels, autocast=self.autocast)
+        self.recorder.log(self.step, self.epoch, "valid", metrics)
+        if self.env.is_main:
+            shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+            logger.info("valid @ step %d (%.1fs): %s", self.step, time.perf_counter() - t0, shown)
+        return metrics
+
+    def _diverged(self, loss: float) -> TrainingDiverged:
+        where = (f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint
+                 else "no checkpoint had been written yet")
+        return TrainingDiverged(f"loss became {loss} at step {self.step + 1} (epoch {self.epoch}, micro-batch "
+                                f"{self.batch}); training stopped, {where}")
+
+    # -- the loop ------------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        c, env = self.config, self.env
+        sampler = ResumableSampler(len(self.train_set), c.batch_size, env.world_size, env.rank,  # type: ignore
+                                   seed=c.seed)
+        seeded = SeededDataset(self.train_set, c.seed)
+        usable = self.steps_per_epoch * c.accum_steps  # micro-batches per epoch that make whole steps
+        stop = self.total_steps if c.stop_after is None else min(self.total_steps, c.stop_after)
+        global_batch = c.batch_size * env.world_size * c.accum_steps
+        losses: deque[tuple[int, float]] = deque(maxlen=10_000)
+        valid: dict[str, float] = {}
+        self.model.train()
+        if env.is_main:
+            logger.info("training %s: %d steps (%d per epoch), global batch %d on %d process(es), %s, "
+                        "output %s", c.model, self.total_steps, self.steps_per_epoch, global_batch,
+                        env.world_size, self.dtype or "fp32", self.out)
+        bar = None
+        if env.is_main and c.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=self.total_steps, initial=self.step, desc="train", dynamic_ncols=True,
+                       mininterval=1.0, unit="step")
+        window_t, window_samples = time.perf_counter(), 0
+        try:
+            while self.step < stop:
+                if self.batch >= usable:
+                    self.epoch, self.batch = self.epoch + 1, 0
+                sampler.set_epoch(self.epoch, self.batch)
+                seeded.epoch = self.epoch
+                batches = iter(self._loader(sampler, seeded))
+                while self.batch < usable and self.step < stop:
+                    lr = float(self.schedule(self.step))
+                    step_loss = 0.0
+                    for micro in range(c.accum_steps):
+                        images, tokens = next(batches)
+                        images = images.to(env.device, non_blocking=True)
+                        tokens = tokens.to(env.device, non_blocking=True).long()
+                        sync = micro == c.accum_steps - 1 or not env.distributed
+                        ctx = contextlib.nullcontext() if sync else self.model.no_sync()  # type: ignore[operator]
+                        with ctx:
+                            with self.autocast():
+                                img_f, txt_f, scale = self.model(images, tokens)
+                            loss = self.loss_fn(img_f, txt_f, scale)
+                            value = float(loss.detach())
+                            if not math.isfinite(value):
+                                raise self._diverged(value)
+                            self.scaler.scale(loss / c.accum_steps).backward()
+                        step_loss += value / c.accum_steps
+                        self.batch += 1
+                    if c.grad_clip is not None:
+                        self.scaler.unscale_(self.optimizer)
+                        torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), c.grad_clip)
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                    self.optimizer.zero_grad(set_to_none=True)
+                    clamp_logit_scale(self.raw_model)
+                    self.step += 1
+                    losses.append((self.step, step_loss))
+                    window_samples += global_batch
+                    if self.step % c.log_every == 0 or self.step == stop:
+                        now = time.perf_counter()
+                        rate = window_samples / max(now - window_t, 1e-9)
+                        window_t, window_samples = now, 0
+                        self.recorder.log(self.step, self.epoch, "train", {
+                            "loss": step_loss, "lr": lr, "logit_scale": float(self.raw_model.logit_scale.detach().exp()),
+                            "samples_per_s": rate, "host_rss_mb": host_rss_mb()})
+                        if bar is not None:
+                            bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", sps=f"{rate:.1f}",
+                                            refresh=False)
+                    if bar is not None:
+                        bar.update(1)
+                    finished = self.step == self.total_steps
+                    if (c.valid_every and self.step % c.valid_every == 0) or (finished and self.step > 0):
+                        valid = self.validate()
+                    if self.step % c.save_every == 0 or finished:
+                        self.save()
+                del batches
+        finally:
+            if bar is not None:
+                bar.close()
+            self.recorder.close()
+        if env.is_main and c.plot and self.step == self.total_steps:
+            png = self.recorder.plot()
+            if png:
+                logger.info("curves written to %s", png)
+        return TrainResult(self.step, self.total_steps, self.epoch, self.out, self.last_checkpoint,
+                           list(losses), valid)
+
+
+def train(config: TrainConfig, train_dataset: Dataset | None = None,
+          valid_dataset: Dataset | None = None) -> TrainResult:
+    """Run (or resume) training as configured; joins torchrun's process group when there is one."""
+    env = init_distributed(config.device)
+    try:
+        return Trainer(config, env, train_dataset, valid_dataset).run()
+    finally:
+        cleanup(env)
+
+
+__all__ = ["Trainer", "TrainResult", "TrainingDiverged", "build_datasets", "resolve_precision", "seed_everything",
+           "train"]

@@ -1,0 +1,80 @@
+"""CLIP's symmetric contrastive loss over the global batch, gathered across ranks.
+
+Every rank gathers all ranks' (L2-normalised) features and computes the same global loss. The
+gather's backward sums the incoming gradients over ranks and keeps this rank's slice, so after
+DDP averages gradients, each parameter receives exactly the gradient of the single-process loss
+on the same global batch (the logit scale included).
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from .distributed import is_dist
+
+LOGIT_SCALE_MAX = 4.6052  # ln(100): CLIP's clamp on the learnable log temperature
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather along dim 0 whose backward returns this rank's share of the summed gradient."""
+
+    @staticmethod
+    def forward(ctx, local: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        world, rank = dist.get_world_size(), dist.get_rank()
+        parts = [torch.empty_like(local) for _ in range(world)]
+        dist.all_gather(parts, local.contiguous())
+        ctx.rank, ctx.n = rank, local.shape[0]
+        return torch.cat(parts, 0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        grad = grad.contiguous()
+        dist.all_reduce(grad)  # every rank's loss depends on this rank's features
+        return grad[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n]
+
+
+def gather_features(image_features: torch.Tensor, text_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rank-ordered global features; local gradients flow (identity on one process)."""
+    if not is_dist():
+        return image_features, text_features
+    return _GatherWithGrad.apply(image_features), _GatherWithGrad.apply(text_features)
+
+
+def contrastive_logits(image_features: torch.Tensor, text_features: torch.Tensor,
+                       logit_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logits_per_image, logits_per_text)`` for already normalised features."""
+    logits_per_image = logit_scale * image_features @ text_features.t()
+    return logits_per_image, logits_per_image.t()
+
+
+def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Mean of image->text and text->image cross-entropy; pair ``i`` is the positive of row ``i``.
+
+    ``logit_scale`` is the already exponentiated temperature (what cn_clip's ``CLIP.forward``
+    returns). Computed in fp32 whatever the autocast dtype.
+    """
+    image_features, text_features = image_features.float(), text_features.float()
+    logits_i, logits_t = contrastive_logits(image_features, text_features, logit_scale.float())
+    target = torch.arange(logits_i.shape[0], device=logits_i.device)
+    return (F.cross_entropy(logits_i, target) + F.cross_entropy(logits_t, target)) / 2
+
+
+class ContrastiveLoss(torch.nn.Module):
+    """Global-batch CLIP loss: gather across ranks (with gradients), then :func:`clip_loss`."""
+
+    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor,
+                logit_scale: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        all_image, all_text = gather_features(image_features, text_features)
+        return clip_loss(all_image, all_text, logit_scale.mean())
+
+
+@torch.no_grad()
+def clamp_logit_scale(model: torch.nn.Module) -> None:
+    """Keep ``logit_scale`` (a log temperature) in ``[0, ln 100]`` as CLIP does after each step."""
+    target = getattr(model, "module", model)
+    target.logit_scale.clamp_(0, LOGIT_SCALE_MAX)
+
+
+__all__ = ["ContrastiveLoss", "LOGIT_SCALE_MAX", "clamp_logit_scale", "clip_loss", "contrastive_logits",
+           "gather_features"]

@@ -1,0 +1,44 @@
+"""Zero-shot classification: class embeddings from prompts, prediction by cosine similarity.
+
+A class embedding is the mean of its L2-normalised prompt embeddings, renormalised.
+"""
+from __future__ import annotations
+
+from typing import Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+@torch.no_grad()
+def class_embeddings(encode_text: Callable[[torch.Tensor], torch.Tensor], tokenizer: Callable,
+                     class_prompts: Sequence[Sequence[str]], device: torch.device | str = "cpu") -> torch.Tensor:
+    """``[num_classes, dim]``: one unit vector per class from its list of prompts."""
+    out = []
+    for prompts in class_prompts:
+        if not prompts:
+            raise ValueError("every class needs at least one prompt")
+        emb = F.normalize(encode_text(tokenizer(list(prompts)).to(device)).float(), dim=-1)
+        out.append(F.normalize(emb.mean(0), dim=-1))
+    return torch.stack(out)
+
+
+def expand_prompts(classnames: Sequence[str], templates: Sequence[str]) -> list[list[str]]:
+    """Every template (with one ``{}``) filled with every class name, grouped by class."""
+    return [[t.format(name) for t in templates] for name in classnames]
+
+
+def predict(image_features: torch.Tensor, class_emb: torch.Tensor) -> torch.Tensor:
+    """Index of the most similar class for each (normalised) image feature."""
+    return (F.normalize(image_features.float(), dim=-1) @ class_emb.t().to(image_features.device)).argmax(-1)
+
+
+def zeroshot_task_prompts(task: Mapping[str, Sequence[str]] | Sequence[str],
+                          templates: Sequence[str] = ("{}",)) -> list[list[str]]:
+    """Prompts per class for a task given as class names or as {class name: prompts}."""
+    if isinstance(task, Mapping):
+        return [list(v) for v in task.values()]
+    return expand_prompts(list(task), templates)
+
+
+__all__ = ["class_embeddings", "expand_prompts", "predict", "zeroshot_task_prompts"]

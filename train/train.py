@@ -1,0 +1,81 @@
+"""vclip-train: train VisionCLIP (cn_clip's CLIP) from scratch, on CPU or GPUs, under torchrun.
+
+The same command runs everywhere; torchrun's environment decides the process layout::
+
+    vclip-train --preset tiny --data toy:256 --output-dir runs/demo            # 1 CPU process
+    torchrun --nproc_per_node 2 -m vclip_train.train --preset tiny --data ...  # 2 CPU (gloo)
+    torchrun --nnodes 2 --nproc_per_node 8 --rdzv-backend c10d \\
+        --rdzv-endpoint $MASTER_ADDR:29500 -m vclip_train.train --data /data/lmdb  # 16 GPUs (NCCL)
+
+Configuration: defaults (the paper's recipe, or ``--preset tiny``) < ``--config FILE`` (JSON or
+YAML) < the flags below. The final configuration is saved as ``OUTPUT_DIR/config.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import typing
+from dataclasses import MISSING, fields
+from typing import Sequence
+
+from cn_clip_ext.cli import run_program, setup_logging
+from cn_clip_ext.training.config import TrainConfig, _strip_optional
+
+PROG = "vclip-train"
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description=__doc__.split("\n\n")[0] + " Reads RANK/WORLD_SIZE/LOCAL_RANK from torchrun.",
+        epilog="Resume an interrupted run with '--resume auto' and the same --output-dir. Exit status 2 on "
+               "bad input or a diverged (NaN) loss, with a one-line message.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    parser.add_argument("--config", metavar="FILE", help="JSON or YAML file of config keys (flags override it)")
+    parser.add_argument("--preset", choices=("paper", "tiny"), default="paper",
+                        help="starting defaults: the paper's RN50+RoBERTa recipe (default), or the CPU demo")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    hints = typing.get_type_hints(TrainConfig)
+    group = parser.add_argument_group("training config (keys of config.json)")
+    for f in fields(TrainConfig):
+        tp, _ = _strip_optional(hints[f.name])
+        default = f.default if f.default is not MISSING else None
+        helptext = f"{f.metadata.get('help', '')} (paper default: {default!r})"
+        if tp is bool:
+            group.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                               help=helptext)
+        else:
+            group.add_argument(_flag(f.name), dest=f.name, default=None, metavar=f.name.upper(), help=helptext)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Preset, then the config file, then explicit flags."""
+    config = TrainConfig.tiny() if args.preset == "tiny" else TrainConfig()
+    if args.config:
+        config = TrainConfig.from_file(args.config, base=config)
+    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
+    return config.override(**overrides) if overrides else config
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    if os.environ.get("RANK", "0") != "0" and not args.verbose:
+        logging.getLogger().setLevel(logging.WARNING)  # one rank's INFO is enough
+
+    def body() -> int:
+        from cn_clip_ext.training import train
+
+        train(config_from_args(args))
+        return 0
+
+    return run_program(PROG, body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
