@@ -1,0 +1,137 @@
+"""vclip-eval: zero-shot evaluation of checkpoints on fundus datasets in their published layouts."""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from cn_clip_ext import create_model, eval_transform, get_tokenizer
+from cn_clip_ext.cli import run_program, setup_logging
+from cn_clip_ext.errors import UserError
+from cn_clip_ext.evaluation import load_dataset_table, load_eval_set, load_prompt_set, write_reports, zero_shot
+from cn_clip_ext.factory import UnknownModelError
+from cn_clip_ext.loading import load_checkpoint_model
+from cn_clip_ext.transforms import PREPROCESS_MODES
+
+HERE = Path(__file__).resolve().parent
+PROMPTS_DIR = HERE / "prompts"
+DATASETS_TABLE = HERE / "datasets.yaml"
+logger = logging.getLogger("vclip-eval")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="vclip-eval",
+        description="Zero-shot evaluation with Chinese prompt ensembles. Reports top-1, balanced accuracy "
+                    "(ACA), macro-F1, quadratic kappa (graded tasks) and macro AUC with bootstrap 95%% "
+                    "intervals, beside the majority-class and uniform baselines.",
+        epilog="example: vclip-eval --checkpoint runs/tiny/checkpoints/latest.pt "
+               "--data fives=/data/FIVES --data refuge=/data/REFUGE --out reports/tiny")
+    p.add_argument("--checkpoint", action="append", default=[], metavar="PATH[=LABEL]",
+                   help="training or cn_clip-format checkpoint (repeatable); LABEL names its table row")
+    p.add_argument("--untrained", action="append", default=[], metavar="ARCH",
+                   help="also evaluate this architecture randomly initialised (repeatable)")
+    p.add_argument("--model", help="architecture of checkpoints that do not record it, e.g. "
+                                   "RN50@RoBERTa-wwm-ext-base-chinese")
+    p.add_argument("--data", action="append", default=[], metavar="NAME=ROOT",
+                   help="a dataset of the table and its root folder (repeatable)")
+    p.add_argument("--data-root", type=Path, help="a folder holding datasets under their table names "
+                                                  "(messidor2/, fives/, refuge/ ...): every one found is used")
+    p.add_argument("--datasets-table", type=Path, default=DATASETS_TABLE,
+                   help="YAML/JSON dataset table (default: eval/datasets.yaml)")
+    p.add_argument("--prompts", default="plain",
+                   help="prompt set: a name in eval/prompts (plain, expert) or a YAML/JSON file")
+    p.add_argument("--preprocess", choices=sorted(PREPROCESS_MODES), default="fov",
+                   help="fov: crop to the field of view and pad (default); squash: cn_clip's resize")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=2, help="image decoding processes")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--out", type=Path, required=True, help="output folder for the reports")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def _prompt_path(value: str) -> Path:
+    path = Path(value)
+    if path.suffix in (".yaml", ".yml", ".json"):
+        return path
+    candidate = PROMPTS_DIR / f"{value}.yaml"
+    if not candidate.is_file():
+        names = sorted(p.stem for p in PROMPTS_DIR.glob("*.yaml"))
+        raise UserError(f"unknown prompt set {value!r} (choose from {names} or give a file)")
+    return candidate
+
+
+def _datasets(args: argparse.Namespace, table) -> dict[str, Path]:
+    chosen: dict[str, Path] = {}
+    if args.data_root is not None:
+        if not args.data_root.is_dir():
+            raise UserError(f"{args.data_root}: --data-root folder not found")
+        for name in table:
+            if (args.data_root / name).is_dir():
+                chosen[name] = args.data_root / name
+    for item in args.data:
+        name, sep, root = item.partition("=")
+        if not sep:
+            raise UserError(f"--data {item!r}: expected NAME=ROOT")
+        if name not in table:
+            raise UserError(f"--data {item!r}: {name!r} is not in {args.datasets_table} "
+                            f"(it has {sorted(table)})")
+        chosen[name] = Path(root)
+    if not chosen:
+        raise UserError("no dataset given: use --data NAME=ROOT or --data-root DIR")
+    return chosen
+
+
+def _models(args: argparse.Namespace):
+    """Yield ``(label, model, architecture)`` one at a time (one model in memory at once)."""
+    for item in args.checkpoint:
+        path, sep, label = item.partition("=")
+        model, arch = load_checkpoint_model(path, args.model, args.device)
+        yield (label if sep else path), model, arch
+    for arch in args.untrained:
+        try:
+            model = create_model(arch, seed=0, device=args.device).eval()
+        except UnknownModelError as exc:
+            raise UserError(str(exc)) from None
+        yield f"{arch} (untrained)", model, arch
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging()
+
+    def body() -> int:
+        if not args.checkpoint and not args.untrained:
+            raise UserError("nothing to evaluate: give --checkpoint PATH or --untrained ARCH")
+        table = load_dataset_table(args.datasets_table)
+        prompts = load_prompt_set(_prompt_path(args.prompts))
+        sets = {name: load_eval_set(table[name], root) for name, root in _datasets(args, table).items()}
+        for name, s in sets.items():
+            logger.info("%s: %d images, classes %s", name, len(s), list(s.classes))
+        results = {}
+        for label, model, arch in _models(args):
+            size = model.vclip_config.image_size
+            transform = eval_transform(size, preprocess=args.preprocess)
+            tokenizer = get_tokenizer(arch)
+            results[label] = {
+                name: zero_shot(model, tokenizer, s, prompts, transform, args.batch_size, args.workers,
+                                args.device, args.bootstrap, progress=not args.quiet)
+                for name, s in sets.items()}
+            for name, r in results[label].items():
+                logger.info("%s on %s: balanced accuracy %.3f, top-1 %.3f", label, name,
+                            r.metrics["balanced_accuracy"], r.metrics["top1"])
+        write_reports(results, sets, args.out, meta={"prompts": prompts.name, "preprocess": args.preprocess,
+                                                     "bootstrap": args.bootstrap})
+        print((args.out / "table.md").read_text(encoding="utf-8"))
+        return 0
+
+    return run_program("vclip-eval", body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
