@@ -9,6 +9,7 @@ from setuptools import find_namespace_packages, setup
 PROGRAMS = {  # installed name -> folder in this repository
     "vclip_data_prep": "data_prep",
     "vclip_eval": "eval",
+    "vclip_export": "export",
     "vclip_train": "train",
 }
 
@@ -37,6 +38,9 @@ setup(
         "pyyaml",
         "matplotlib",
         "tensorboard",
+        "safetensors",
+        "onnx",
+        "onnxruntime",
         "scikit-learn",
     ],
     extras_require={
@@ -48,6 +52,8 @@ setup(
             "vclip-build-lmdb = vclip_data_prep.build_lmdb:main",
             "vclip-train = vclip_train.train:main",
             "vclip-eval = vclip_eval.evaluate:main",
+            "vclip-export = vclip_export.export:main",
+            "vclip-embed = vclip_export.embed:main",
         ],
     },
 )

@@ -28,6 +28,7 @@ from .factory import (
     list_models,
     list_towers,
 )
+from .pretrained import load_pretrained
 from .tokenizer import Tokenizer
 from .transforms import CLIP_MEAN, CLIP_STD, AugmentConfig, FundusPreprocess, eval_transform, train_transform
 
@@ -37,5 +38,5 @@ __all__ = [
     "AugmentConfig", "CLIP_MEAN", "CLIP_STD", "FundusPreprocess", "ModelConfig", "Tokenizer",
     "UnknownModelError", "VISIONCLIP", "VISIONCLIP_TINY", "add_model_config", "create_model",
     "create_model_and_transforms", "eval_transform", "get_model_config", "get_tokenizer",
-    "list_models", "list_towers", "train_transform",
+    "list_models", "list_towers", "load_pretrained", "train_transform",
 ]

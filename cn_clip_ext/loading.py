@@ -35,6 +35,13 @@ class LoadedCheckpoint:
         return bool(self.config)
 
 
+def _as_int(value: Any) -> int | None:
+    """A step or epoch count as saved (int, float or one-element tensor), else ``None``."""
+    if isinstance(value, (int, float)) or (torch.is_tensor(value) and value.numel() == 1):
+        return int(value)
+    return None
+
+
 def _register_towers(config: Mapping[str, Any], path: Path) -> None:
     """Make a checkpoint's custom tower folder (``model_config_dir``) known, when it still exists."""
     folder, name = config.get("model_config_dir"), config.get("model")
@@ -71,13 +78,8 @@ def load_checkpoint_full(path: str | Path, model_name: str | None = None,
         example = (missing or result.unexpected_keys)[0]
         raise UserError(f"{path}: weights do not fit {name} ({len(missing)} missing, "
                         f"{len(result.unexpected_keys)} unexpected, e.g. {example!r})")
-
-    def _int(value: Any) -> int | None:
-        return int(value) if isinstance(value, (int, float)) or (torch.is_tensor(value) and value.numel() == 1) \
-            else None
-
     return LoadedCheckpoint(model.float().to(device).eval(), name, dict(config),
-                            _int(ckpt.get("step")), _int(ckpt.get("epoch")))
+                            _as_int(ckpt.get("step")), _as_int(ckpt.get("epoch")))
 
 
 def load_checkpoint_model(path: str | Path, model_name: str | None = None,

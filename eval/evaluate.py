@@ -91,7 +91,13 @@ def _models(args: argparse.Namespace):
     """Yield ``(label, model, architecture)`` one at a time (one model in memory at once)."""
     for item in args.checkpoint:
         path, sep, label = item.partition("=")
-        model, arch = load_checkpoint_model(path, args.model, args.device)
+        if Path(path).is_dir():  # an exported bundle (vclip-export)
+            from cn_clip_ext.pretrained import load_pretrained
+
+            model, _, _ = load_pretrained(path, device=args.device, model_name=args.model)
+            arch = model.vclip_config.name
+        else:
+            model, arch = load_checkpoint_model(path, args.model, args.device)
         yield (label if sep else path), model, arch
     for arch in args.untrained:
         try:
