@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on generated data, CPU-friendly: set up, synthesise a SynFundus-layout corpus and
 # MESSIDOR-2 / FIVES / REFUGE-layout evaluation sets, pack the LMDB, train from scratch,
-# evaluate zero-shot (trained vs untrained vs baselines) and print the Table-1-style comparison.
+# evaluate zero-shot (trained vs untrained vs baselines), export a bundle and print the Table-1-style
+# comparison.
 # Everything goes under --out; re-running reuses every stage whose inputs did not change.
 #
 #   bash run_scripts/demo.sh                       # defaults: tiny model, ~10 minutes on 2 cores
@@ -16,6 +17,7 @@ steps=600
 batch=32
 lr=1e-3
 arch=RN-tiny@BERT-tiny-chinese
+bootstrap=500
 workers=$(nproc 2>/dev/null || echo 2)
 
 usage() {
@@ -31,6 +33,7 @@ options:
   --lr X             peak learning rate (default: $lr)
   --arch NAME        architecture (default: $arch)
   --workers N        processes for generation, packing and loading (default: all cores)
+  --bootstrap N      bootstrap resamples for the 95% intervals (default: $bootstrap)
 EOT
 }
 
@@ -44,6 +47,7 @@ while [ $# -gt 0 ]; do
     --lr) lr=$2; shift 2 ;;
     --arch) arch=$2; shift 2 ;;
     --workers) workers=$2; shift 2 ;;
+    --bootstrap) bootstrap=$2; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "demo.sh: error: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -81,11 +85,15 @@ stage train "$bin/vclip-train" --preset tiny --model "$arch" --data "$out/lmdb" 
 stage eval "$bin/vclip-eval" --checkpoint "$out/train/checkpoints/latest.pt=VisionCLIP ($arch, trained)" \
   --untrained "$arch" --data-root "$out/data" --data synfundus_dr="$out/lmdb" \
   --data synfundus_glaucoma="$out/lmdb" --data synfundus_amd="$out/lmdb" --data synfundus_condition="$out/lmdb" \
-  --prompts plain --workers "$workers" --bootstrap 500 --quiet --out "$out/eval"
+  --prompts plain --workers "$workers" --bootstrap "$bootstrap" --quiet --out "$out/eval"
+stage export "$bin/vclip-export" "$out/train/checkpoints/latest.pt" "$out/bundle" --report "$out/eval/report.json" \
+  --onnx --force
 
 echo
 echo "VisionCLIP demo: zero-shot balanced accuracy (ACA) on generated data, $((SECONDS - start)) s this run"
 echo
 cat "$out/eval/table.md"
 echo
-echo "reports, plots and predictions: $out/eval   training curves: $out/train"
+echo "reports, plots and predictions: $out/eval"
+echo "training curves and metrics:     $out/train"
+echo "exported bundle (+ ONNX):        $out/bundle   load it with cn_clip_ext.load_pretrained(\"$out/bundle\")"
