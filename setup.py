@@ -42,6 +42,10 @@ setup(
         "onnx",
         "onnxruntime",
         "scikit-learn",
+        "xlrd",  # MESSIDOR's Annotation_Base*.xls
+        "openpyxl",  # .xlsx label tables (REFUGE, converted MESSIDOR)
+        "imagehash",  # vclip-audit: perceptual hashes
+        "faiss-cpu",  # vclip-audit: nearest-neighbour search
     ],
     extras_require={
         "test": ["pytest", "pandas", "scikit-image"],
@@ -52,6 +56,7 @@ setup(
             "vclip-build-lmdb = vclip_data_prep.build_lmdb:main",
             "vclip-train = vclip_train.train:main",
             "vclip-eval = vclip_eval.evaluate:main",
+            "vclip-audit = vclip_eval.audit:main",
             "vclip-export = vclip_export.export:main",
             "vclip-embed = vclip_export.embed:main",
         ],

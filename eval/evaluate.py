@@ -1,4 +1,5 @@
-"""vclip-eval: zero-shot evaluation of checkpoints on fundus datasets in their published layouts."""
+"""vclip-eval: zero-shot, linear-probe and k-shot evaluation of checkpoints on fundus datasets in
+their published layouts."""
 from __future__ import annotations
 
 import argparse
@@ -11,7 +12,9 @@ import torch
 from cn_clip_ext import create_model, eval_transform, get_tokenizer
 from cn_clip_ext.cli import run_program, setup_logging
 from cn_clip_ext.errors import UserError
-from cn_clip_ext.evaluation import load_dataset_table, load_eval_set, load_prompt_set, write_reports, zero_shot
+from cn_clip_ext.evaluation import (encode_images, k_shot, linear_probe, load_dataset_table, load_eval_set,
+                                    load_prompt_set, probe_split, write_reports, zero_shot_features)
+from cn_clip_ext.evaluation.probe import PROBE_MODES
 from cn_clip_ext.factory import UnknownModelError
 from cn_clip_ext.loading import load_checkpoint_model
 from cn_clip_ext.transforms import PREPROCESS_MODES
@@ -52,7 +55,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", type=Path, required=True, help="output folder for the reports")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--exclude", type=Path, metavar="FILE",
+                   help="image references to leave out (vclip-audit's exclude.txt): each affected dataset is "
+                        "also reported without them, as 'NAME (excl. N suspicious)'")
+    g = p.add_argument_group("linear probe and k-shot (logistic regression on frozen image features)")
+    g.add_argument("--probe", type=_probe_modes, default=(), metavar="MODES",
+                   help="also run 'linear', 'kshot' or 'linear,kshot' (zero-shot always runs)")
+    g.add_argument("--shots", type=_int_list, default=(1, 4, 16), metavar="K,K,...",
+                   help="images per class for --probe kshot (default 1,4,16)")
+    g.add_argument("--probe-seed", type=int, default=0,
+                   help="seed of the stratified train/test split and of the first k-shot draw")
+    g.add_argument("--probe-seeds", type=int, default=5,
+                   help="k-shot draws per k (seeds S..S+N-1), reported as mean ± sd (default 5)")
+    g.add_argument("--probe-train-fraction", type=float, default=0.5,
+                   help="training share of each class where a dataset has no published split (default 0.5; "
+                        "FIVES uses its train/test folders)")
     return p
+
+
+def _probe_modes(text: str) -> tuple[str, ...]:
+    modes = tuple(m.strip() for m in text.split(",") if m.strip())
+    bad = [m for m in modes if m not in PROBE_MODES]
+    if bad or not modes:
+        raise argparse.ArgumentTypeError(f"expected {' or '.join(PROBE_MODES)} (comma-separated), got {text!r}")
+    return modes
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers like 1,4,16, got {text!r}")
+    return values
 
 
 def _prompt_path(value: str) -> Path:
@@ -117,22 +153,55 @@ def main(argv: Sequence[str] | None = None) -> int:
         table = load_dataset_table(args.datasets_table)
         prompts = load_prompt_set(_prompt_path(args.prompts))
         sets = {name: load_eval_set(table[name], root) for name, root in _datasets(args, table).items()}
+        if args.exclude is not None:
+            from cn_clip_ext.audit.exclude import exclusion_sets
+
+            sets.update(exclusion_sets(sets, args.exclude))
         for name, s in sets.items():
             logger.info("%s: %d images, classes %s", name, len(s), list(s.classes))
-        results = {}
+        if not 0 < args.probe_train_fraction < 1:
+            raise UserError(f"--probe-train-fraction must be between 0 and 1, got {args.probe_train_fraction}")
+        splits = {name: probe_split(s, args.probe_train_fraction, args.probe_seed) for name, s in sets.items()} \
+            if args.probe else {}
+        seeds = tuple(range(args.probe_seed, args.probe_seed + max(1, args.probe_seeds)))
+        results, linear, kshot = {}, {}, {}
         for label, model, arch in _models(args):
+            model.eval()
             size = model.vclip_config.image_size
             transform = eval_transform(size, preprocess=args.preprocess)
             tokenizer = get_tokenizer(arch)
-            results[label] = {
-                name: zero_shot(model, tokenizer, s, prompts, transform, args.batch_size, args.workers,
-                                args.device, args.bootstrap, progress=not args.quiet)
-                for name, s in sets.items()}
-            for name, r in results[label].items():
+            results[label], linear_rows, kshot_rows = {}, {}, {}
+            for name, s in sets.items():
+                feats = encode_images(model, s, transform, args.batch_size, args.workers, args.device,
+                                      progress=not args.quiet)
+                r = results[label][name] = zero_shot_features(model, tokenizer, s, prompts, feats, args.device,
+                                                              args.bootstrap)
                 logger.info("%s on %s: balanced accuracy %.3f, top-1 %.3f", label, name,
                             r.metrics["balanced_accuracy"], r.metrics["top1"])
-        write_reports(results, sets, args.out, meta={"prompts": prompts.name, "preprocess": args.preprocess,
-                                                     "bootstrap": args.bootstrap})
+                if not args.probe:
+                    continue
+                split = splits[name]
+                if not split.train or not split.test:
+                    logger.warning("%s: no training or no test images for the probe; skipped", name)
+                    continue
+                x = feats.numpy()
+                if "linear" in args.probe:
+                    r = linear_rows[name] = linear_probe(x, s, split, args.bootstrap, args.probe_seed)
+                    logger.info("%s on %s, linear probe (C=%g, %d train / %d test, %s split): balanced accuracy "
+                                "%.3f", label, name, r.extra["C"], len(split.train), len(split.test),
+                                split.source, r.metrics["balanced_accuracy"])
+                if "kshot" in args.probe:
+                    kshot_rows[name] = [k_shot(x, s, split, k, seeds) for k in args.shots]
+            if linear_rows:
+                linear[label] = linear_rows
+            if kshot_rows:
+                kshot[label] = kshot_rows
+        meta = {"prompts": prompts.name, "preprocess": args.preprocess, "bootstrap": args.bootstrap}
+        if args.probe:
+            meta["probe"] = {"modes": list(args.probe), "seed": args.probe_seed, "kshot_seeds": list(seeds),
+                             "shots": list(args.shots), "train_fraction": args.probe_train_fraction,
+                             "splits": {n: sp.source for n, sp in splits.items()}}
+        write_reports(results, sets, args.out, meta=meta, linear=linear or None, kshot=kshot or None)
         print((args.out / "table.md").read_text(encoding="utf-8"))
         return 0
 

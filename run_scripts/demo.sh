@@ -11,9 +11,9 @@ set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 out=$root/demo_out
-images=3000
+images=4000
 eval_images=200
-steps=600
+steps=1000
 batch=32
 lr=1e-3
 arch=RN-tiny@BERT-tiny-chinese

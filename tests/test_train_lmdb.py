@@ -7,6 +7,7 @@ import pytest
 from cn_clip_ext.training import TrainConfig, train
 from cn_clip_ext.training.recorder import read_metrics, series
 from test_train_support import TEST_MODEL, model_config_dir, train_losses
+from vclip_eval.evaluate import DATASETS_TABLE, PROMPTS_DIR
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +24,8 @@ def lmdb_root(tmp_path_factory):
 def _config(tmp_path, out, root, **kw):
     base = dict(model=TEST_MODEL, model_config_dir=str(model_config_dir(tmp_path)), data=str(root),
                 output_dir=str(tmp_path / out), batch_size=4, num_workers=2, max_steps=4, save_every=2,
-                valid_every=2, valid_batch_size=8, log_every=1, progress=False, plot=False, tensorboard=False)
+                valid_every=2, valid_batch_size=8, log_every=1, progress=False, plot=False, tensorboard=False,
+                zeroshot_prompts=str(PROMPTS_DIR / "plain.yaml"), zeroshot_table=str(DATASETS_TABLE))
     base.update(kw)
     return TrainConfig.tiny(**base)
 

@@ -53,13 +53,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def default_zeroshot_files() -> dict[str, str]:
+    """vclip-eval's plain prompt set and dataset table, so validation and evaluation share prompts."""
+    from importlib.resources import files
+
+    package = files("vclip_eval")
+    return {"zeroshot_prompts": str(package / "prompts" / "plain.yaml"),
+            "zeroshot_table": str(package / "datasets.yaml")}
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Preset, then the config file, then explicit flags."""
+    """Preset, then the config file, then explicit flags; zero-shot prompt files default to vclip-eval's."""
     config = TrainConfig.tiny() if args.preset == "tiny" else TrainConfig()
     if args.config:
         config = TrainConfig.from_file(args.config, base=config)
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
-    return config.override(**overrides) if overrides else config
+    config = config.override(**overrides) if overrides else config
+    missing = {k: v for k, v in default_zeroshot_files().items() if getattr(config, k) is None}
+    return config.override(**missing) if missing else config
 
 
 def main(argv: Sequence[str] | None = None) -> int:

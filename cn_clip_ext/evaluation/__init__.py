@@ -1,13 +1,16 @@
-"""Zero-shot evaluation: datasets in their published layouts, prompt sets, scores, reports."""
+"""Zero-shot, linear-probe and k-shot evaluation: dataset readers, prompt ensembles, scores, reports."""
 from . import synfundus as _synfundus  # noqa: F401  (registers the "synfundus" reader)
 from .datasets import READERS, DatasetSpec, EvalSet, load_dataset_table, load_eval_set
+from .probe import KShotResult, ProbeSplit, k_shot, linear_probe, probe_split
 from .prompts import PromptSet, load_prompt_set
-from .report import markdown_table, write_reports
+from .report import kshot_table, markdown_table, write_reports
 from .scores import baselines, bootstrap, score
-from .zero_shot import ZeroShotResult, encode_images, score_predictions, zero_shot
+from .synfundus import synfundus_label_classes
+from .zero_shot import ZeroShotResult, encode_images, score_predictions, zero_shot, zero_shot_features
 
 __all__ = [
-    "READERS", "DatasetSpec", "EvalSet", "PromptSet", "ZeroShotResult", "baselines", "bootstrap",
-    "encode_images", "load_dataset_table", "load_eval_set", "load_prompt_set", "markdown_table",
-    "score", "score_predictions", "write_reports", "zero_shot",
+    "READERS", "DatasetSpec", "EvalSet", "KShotResult", "ProbeSplit", "PromptSet", "ZeroShotResult", "baselines",
+    "bootstrap", "encode_images", "k_shot", "kshot_table", "linear_probe", "load_dataset_table", "load_eval_set",
+    "load_prompt_set", "markdown_table", "probe_split", "score", "score_predictions", "synfundus_label_classes",
+    "write_reports", "zero_shot", "zero_shot_features",
 ]

@@ -6,18 +6,21 @@ each returns the images and raw labels, which :func:`load_eval_set` maps to prom
 """
 from __future__ import annotations
 
-import csv
-import io
-from dataclasses import dataclass, field
+import logging
+import re
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from PIL import Image
 
 from ..data.schema import FIVES, MESSIDOR2, REFUGE
 from ..errors import UserError, where
 from .prompts import read_structured
+from .sheets import SHEET_SUFFIXES, find_column, read_csv_rows, read_sheet
+
+logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -43,21 +46,36 @@ class EvalSet:
     labels: tuple[int, ...]
     graded: bool = False
     open_image: Callable[[str], Image.Image] = field(default=None, repr=False)  # type: ignore[assignment]
+    splits: tuple[str, ...] | None = field(default=None, repr=False)
+    """The published split of each image (``"train"``, ``"test"`` ...) where the layout has one."""
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def load(self, index: int) -> Image.Image:
+    def load(self, index: int, min_size: int | None = None) -> Image.Image:
+        """The image as RGB; a JPEG file may be decoded at a reduced scale no smaller than ``min_size``."""
         ref = self.images[index]
-        return self.open_image(ref) if self.open_image else open_image_file(ref)
+        return self.open_image(ref) if self.open_image else open_image_file(ref, min_size)
+
+    def subset(self, indices: Sequence[int]) -> "EvalSet":
+        """The images at ``indices`` (in that order), same classes and opener."""
+        return replace(self, images=tuple(self.images[i] for i in indices),
+                       labels=tuple(self.labels[i] for i in indices),
+                       splits=None if self.splits is None else tuple(self.splits[i] for i in indices))
 
 
-RawItems = list[tuple[str, str]]  # (image path or key, raw label as text)
+RawItems = list[tuple[str, ...]]
+"""``(image path or key, raw label as text)`` or ``(..., split name)`` when the layout has splits."""
 Reader = Callable[[Path, DatasetSpec], "RawItems | tuple[RawItems, Callable[[str], Image.Image]]"]
 
 
-def open_image_file(path: str) -> Image.Image:
+def open_image_file(path: str, min_size: int | None = None) -> Image.Image:
+    """Decode as RGB. With ``min_size``, JPEGs use libjpeg's DCT scaling (1/2, 1/4, 1/8) while both
+    sides stay at least ``min_size``: several times faster, and no coarser than the box reduction
+    the fundus transforms apply before resampling when ``min_size`` is twice their output."""
     with Image.open(path) as img:
+        if min_size is not None and img.format == "JPEG":
+            img.draft("RGB", (min_size, min_size))
         return img.convert("RGB")
 
 
@@ -75,22 +93,7 @@ def _find_case_insensitive(folder: Path, name: str, listing: dict[str, str]) -> 
     return folder / hit if hit else None
 
 
-def _read_csv_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    """Rows of a CSV in UTF-8 (with or without BOM) or GBK, as dictionaries."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    for encoding in ("utf-8-sig", "gbk"):
-        try:
-            text = raw.decode(encoding)
-            break
-        except UnicodeDecodeError:
-            continue
-    else:
-        raise UserError(f"{path}: not UTF-8 or GBK text")
-    reader = csv.DictReader(io.StringIO(text))
-    return list(reader.fieldnames or []), list(reader)
+_read_csv_rows = read_csv_rows
 
 
 def read_messidor2(root: Path, spec: DatasetSpec) -> RawItems:
@@ -128,22 +131,133 @@ def read_fives(root: Path, spec: DatasetSpec) -> RawItems:
             stem, sep, suffix = path.stem.rpartition("_")
             if not sep:
                 raise UserError(f"{path}: FIVES file name has no class suffix (_A, _D, _G or _N)")
-            items.append((str(path), suffix.upper()))
+            items.append((str(path), suffix.upper(), split))
+    return items
+
+
+REFUGE_LABEL_FILE = re.compile(r"(glaucoma|fovea|label)", re.IGNORECASE)
+"""Label tables of the REFUGE validation/test releases have one of these words in their name."""
+REFUGE_IMAGE_COLUMNS = ("ImgName", "Image Name", "FileName")
+REFUGE_LABEL_COLUMNS = ("Label(Glaucoma=1)", "Glaucoma Label", "Glaucoma")
+"""Test release: ``Label(Glaucoma=1)``; validation release: ``Glaucoma Label``."""
+
+
+def _image_files(folder: Path) -> Iterable[Path]:
+    return (p for p in sorted(folder.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def _is_mask(path: Path, base: Path) -> bool:
+    rel = str(path.relative_to(base)).lower()
+    return "mask" in rel or "disc_cup" in rel
+
+
+def _refuge_split(path: Path, root: Path) -> str:
+    rel = str(path.parent.relative_to(root)).lower()
+    return "test" if "test" in rel else "valid" if "valid" in rel else "extra"
+
+
+def _refuge_labelled(root: Path, skip: Path | None) -> RawItems:
+    """Images named by REFUGE label tables (validation/test releases), with their splits."""
+    tables = [p for p in sorted(root.rglob("*")) if p.suffix.lower() in SHEET_SUFFIXES and p.is_file()
+              and REFUGE_LABEL_FILE.search(p.stem)]
+    if not tables:
+        return []
+    index: dict[str, Path] = {}
+    for path in _image_files(root):
+        if (skip is None or skip not in path.parents) and not _is_mask(path, root):
+            index.setdefault(path.name.lower(), path)
+    items: RawItems = []
+    for table in tables:
+        columns, rows = read_sheet(table)
+        image_col = find_column(columns, *REFUGE_IMAGE_COLUMNS)
+        label_col = find_column(columns, *REFUGE_LABEL_COLUMNS)
+        if image_col is None or label_col is None:
+            logger.debug("%s: no image-name and glaucoma-label columns; not a REFUGE label table", table)
+            continue
+        for row_no, row in enumerate(rows, start=2):
+            name = row.get(image_col, "")
+            if not name:
+                continue
+            path = index.get(name.lower())
+            if path is None:
+                raise UserError(f"{where(table, row_no)}: image {name!r} not found under {root}")
+            label = row.get(label_col, "")
+            if label not in ("0", "1"):
+                raise UserError(f"{where(table, row_no)}: glaucoma label {label!r} is not 0 or 1")
+            items.append((str(path), label, _refuge_split(path, root)))
+        logger.info("%s: %d labelled REFUGE images", table, len(rows))
     return items
 
 
 def read_refuge(root: Path, spec: DatasetSpec) -> RawItems:
-    """REFUGE training images: ``g*`` glaucoma (1), ``n*`` not (0), in any sub-folder."""
-    base = _require_dir(root / REFUGE.image_dir, "REFUGE Training400 folder") \
-        if (root / REFUGE.image_dir).exists() else _require_dir(root, "REFUGE root")
-    items = []
-    for path in sorted(base.rglob("*")):
-        if path.suffix.lower() not in IMAGE_SUFFIXES or "mask" in str(path.relative_to(base)).lower():
+    """REFUGE: training images ``g*`` glaucoma (1), ``n*`` not (0), in any sub-folder of
+    ``Training400/``, plus the validation/test images that a challenge label table names."""
+    training = root / REFUGE.image_dir
+    labelled = _refuge_labelled(root, training if training.is_dir() else None)
+    base = training if training.is_dir() else _require_dir(root, "REFUGE root")
+    taken = {Path(ref) for ref, *_ in labelled}
+    labelled_dirs = {p.parent for p in taken}
+    items: RawItems = []
+    for path in _image_files(base):
+        if _is_mask(path, base) or path in taken or labelled_dirs.intersection(path.parents):
             continue
         prefix = path.name[:1].lower()
         if prefix not in ("g", "n"):
             raise UserError(f"{path}: REFUGE image names start with g (glaucoma) or n (normal)")
-        items.append((str(path), "1" if prefix == "g" else "0"))
+        items.append((str(path), "1" if prefix == "g" else "0", "train"))
+    return items + labelled
+
+
+MESSIDOR_ANNOTATION = re.compile(r"^annotation[ _-]?base\s*(\d+)\.(xls|xlsx|csv)$", re.IGNORECASE)
+"""``Annotation_Base11.xls`` ...: one table per base (``.xlsx``/``.csv`` conversions accepted)."""
+MESSIDOR_FORMAT_RANK = {".xls": 0, ".xlsx": 1, ".csv": 2}
+
+
+def read_messidor(root: Path, spec: DatasetSpec) -> RawItems:
+    """MESSIDOR (original): ``Base*/`` folders of images, each with ``Annotation_Base*.xls``
+    (columns "Image name", "Retinopathy grade" 0-3, ...). An image listed twice is kept once."""
+    _require_dir(root, "MESSIDOR root")
+    found: dict[str, Path] = {}
+    for path in sorted(root.rglob("*")):
+        match = MESSIDOR_ANNOTATION.match(path.name)
+        if match and path.is_file():
+            base = str(int(match.group(1)))
+            old = found.get(base)
+            if old is None or MESSIDOR_FORMAT_RANK[path.suffix.lower()] < MESSIDOR_FORMAT_RANK[old.suffix.lower()]:
+                found[base] = path  # one table per base: the original .xls before conversions
+    if not found:
+        raise UserError(f"{root}: no MESSIDOR annotation files (Annotation_Base*.xls, .xlsx or .csv) found")
+    index: dict[str, Path] = {}
+    for path in _image_files(root):
+        index.setdefault(path.name.lower(), path)
+    items: RawItems = []
+    seen: set[str] = set()
+    duplicates = 0
+    for base in sorted(found, key=int):
+        table = found[base]
+        columns, rows = read_sheet(table)
+        image_col = find_column(columns, "Image name")
+        grade_col = find_column(columns, "Retinopathy grade")
+        for col, name in ((image_col, "Image name"), (grade_col, "Retinopathy grade")):
+            if col is None:
+                raise UserError(f"{table}: missing column {name!r} (has {columns})")
+        for row_no, row in enumerate(rows, start=2):
+            name = row.get(image_col, "")  # type: ignore[arg-type]
+            if not name:
+                continue
+            local = table.parent / name
+            path = local if local.is_file() else index.get(name.lower())
+            if path is None:
+                raise UserError(f"{where(table, row_no)}: image {name!r} not found under {root}")
+            grade = row.get(grade_col, "")  # type: ignore[arg-type]
+            if name.lower() in seen:
+                duplicates += 1
+                continue
+            seen.add(name.lower())
+            items.append((str(path), grade))
+    if duplicates:
+        logger.warning("%s: %d image(s) listed in more than one row; the first row of each is used",
+                       root, duplicates)
     return items
 
 
@@ -176,6 +290,7 @@ READERS: dict[str, Reader] = {
     "messidor2": read_messidor2,
     "fives": read_fives,
     "refuge": read_refuge,
+    "messidor": read_messidor,
     "csv": read_csv_table,
     "imagefolder": read_image_folder,
 }
@@ -214,11 +329,13 @@ def load_eval_set(spec: DatasetSpec, root: str | Path) -> EvalSet:
     classes = tuple(spec.classes[k] for k in keys)
     index = {k: i for i, k in enumerate(keys)}
     labels = []
-    for ref, label in raw:
+    for ref, label, *_ in raw:
         if label not in index:
             raise UserError(f"{ref}: unknown label {label!r} for {spec.name!r} (expected one of {keys})")
         labels.append(index[label])
-    return EvalSet(spec.name, classes, tuple(r for r, _ in raw), tuple(labels), spec.graded, opener)
+    splits = tuple(item[2] if len(item) > 2 else "" for item in raw) if any(len(i) > 2 for i in raw) else None
+    return EvalSet(spec.name, classes, tuple(item[0] for item in raw), tuple(labels), spec.graded, opener,
+                   splits)
 
 
 def available_readers() -> Sequence[str]:

@@ -1,5 +1,5 @@
-"""Evaluation reports: JSON, a Markdown table shaped like the paper's Table 1, confusion-matrix
-PNGs and per-image prediction CSVs."""
+"""Evaluation reports: JSON, Markdown tables shaped like the paper's Table 1 (zero-shot, then
+linear probe and k-shot where run), confusion-matrix PNGs and per-image prediction CSVs."""
 from __future__ import annotations
 
 import csv
@@ -12,9 +12,11 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from .datasets import EvalSet
+from .probe import KShotResult
 from .zero_shot import ZeroShotResult
 
 Results = Mapping[str, Mapping[str, ZeroShotResult]]  # model label -> dataset -> result
+KShotResults = Mapping[str, Mapping[str, Sequence[KShotResult]]]  # model label -> dataset -> one per k
 
 
 def _slug(text: str) -> str:
@@ -36,7 +38,10 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 def markdown_table(results: Results, metric: str = "balanced_accuracy") -> str:
-    """Rows = models (then the no-information baselines), columns = datasets."""
+    """Rows = models (then the no-information baselines), columns = datasets.
+
+    The baselines are those of the first model's results (all models share the scored images).
+    """
     datasets = list(dict.fromkeys(d for per in results.values() for d in per))
     lines = ["| model | " + " | ".join(datasets) + " |", "|---|" + "---|" * len(datasets)]
     for model, per in results.items():
@@ -61,53 +66,122 @@ def markdown_table(results: Results, metric: str = "balanced_accuracy") -> str:
     return (f"{name} with bootstrap 95% interval, top-1 accuracy in brackets\n\n" + "\n".join(lines) + "\n")
 
 
-def plot_confusion(result: ZeroShotResult, path: Path, title: str) -> None:
-    import matplotlib
+def kshot_table(results: KShotResults, metric: str = "balanced_accuracy") -> str:
+    """Rows = model and k (then the baselines on the test part), cells = mean ± sd over seeds."""
+    datasets = list(dict.fromkeys(d for per in results.values() for d in per))
+    lines = ["| model | " + " | ".join(datasets) + " |", "|---|" + "---|" * len(datasets)]
+    shots = sorted({r.shots for per in results.values() for runs in per.values() for r in runs})
+    for model, per in results.items():
+        for k in shots:
+            cells = []
+            for d in datasets:
+                r = next((r for r in per.get(d, ()) if r.shots == k), None)
+                cells.append("–" if r is None else f"{r.mean[metric]:.3f} ± {r.sd[metric]:.3f} "
+                                                    f"(top-1 {r.mean['top1']:.3f} ± {r.sd['top1']:.3f})")
+            lines.append(f"| {model} · {k}-shot | " + " | ".join(cells) + " |")
+    first = next(iter(results.values()), {})
+    for base in ("majority", "uniform"):
+        cells = []
+        for d in datasets:
+            runs = first.get(d, ())
+            b = runs[0].baselines.get(base, {}) if runs else {}
+            cells.append(f"{b[metric]:.3f} (top-1 {b['top1']:.3f})" if metric in b else "–")
+        lines.append(f"| {base}-class baseline | " + " | ".join(cells) + " |")
+    seeds = next((len(r.seeds) for per in results.values() for runs in per.values() for r in runs), 0)
+    name = metric.replace("_", " ")
+    return (f"{name}, mean ± sd over {seeds} seeds, top-1 accuracy in brackets\n\n" + "\n".join(lines) + "\n")
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size)
+    except TypeError:  # Pillow < 10.1: one bitmap size
+        return ImageFont.load_default()
+
+
+def plot_confusion(result: ZeroShotResult, path: Path, title: str) -> None:
+    """Row-normalised confusion matrix as a PNG (counts in the cells), drawn with Pillow."""
+    from PIL import Image, ImageDraw
 
     cm = result.confusion
+    k = len(result.classes)
     norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.8 * len(result.classes), 1.0 + 0.8 * len(result.classes)))
-    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(result.classes)), result.classes, rotation=45, ha="right")
-    ax.set_yticks(range(len(result.classes)), result.classes)
-    for i in range(cm.shape[0]):
-        for j in range(cm.shape[1]):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if norm[i, j] > 0.5 else "black")
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    cell, font, small = 56, _font(14), _font(12)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_w = max(int(probe.textlength(c, font=small)) for c in result.classes) + 36
+    top = 44
+    width = max(label_w + k * cell + 20, int(probe.textlength(title, font=small)) + 20)
+    img = Image.new("RGB", (width, top + k * cell + label_w), "white")
+    draw = ImageDraw.Draw(img)
+    draw.text((10, 6), title, fill="black", font=small)
+    draw.text((10, 22), "rows: true class, columns: predicted", fill=(90, 90, 90), font=small)
+    for i in range(k):
+        for j in range(k):
+            v = float(norm[i, j])
+            colour = tuple(int(255 - v * (255 - c)) for c in (8, 48, 107))  # white -> dark blue
+            x0, y0 = label_w + j * cell, top + i * cell
+            draw.rectangle([x0, y0, x0 + cell - 1, y0 + cell - 1], fill=colour, outline=(200, 200, 200))
+            draw.text((x0 + cell / 2, y0 + cell / 2), str(cm[i, j]), anchor="mm", font=font,
+                      fill="white" if v > 0.5 else "black")
+        draw.text((label_w - 6, top + i * cell + cell / 2), result.classes[i], anchor="rm", font=small, fill="black")
+    for j, name in enumerate(result.classes):  # predicted-class names, rotated under their columns
+        w = int(probe.textlength(name, font=small)) + 4
+        label = Image.new("RGBA", (w, 16), (255, 255, 255, 0))
+        ImageDraw.Draw(label).text((0, 0), name, font=small, fill="black")
+        rotated = label.rotate(90, expand=True)
+        img.paste(rotated, (label_w + j * cell + cell // 2 - 8, top + k * cell + 4), rotated)
+    img.save(path, optimize=False)
 
 
-def write_predictions(result: ZeroShotResult, eval_set: EvalSet, path: Path) -> None:
+def write_predictions(result: ZeroShotResult, eval_set: EvalSet | None, path: Path) -> None:
+    """One row per scored image (the result's own images, else ``eval_set``'s)."""
+    refs = result.images or (eval_set.images if eval_set is not None else ())
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["image", "label", "prediction", *[f"p_{c}" for c in result.classes]])
-        for ref, y, p, probs in zip(eval_set.images, result.labels, result.predictions, result.probabilities):
+        for ref, y, p, probs in zip(refs, result.labels, result.predictions, result.probabilities):
             w.writerow([ref, result.classes[y], result.classes[p], *[f"{v:.5f}" for v in probs]])
     os.replace(tmp, path)
 
 
-def write_reports(results: Results, eval_sets: Mapping[str, EvalSet], out_dir: str | Path,
-                  meta: Mapping[str, object] | None = None) -> Sequence[Path]:
-    """Write ``report.json``, ``table.md`` and per model and dataset a PNG and a CSV."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+def _plots(results: Results, eval_sets: Mapping[str, EvalSet], out: Path, tag: str = "") -> list[Path]:
+    """A confusion PNG and a predictions CSV per model and dataset (``tag`` names the mode)."""
     written = []
     for model, per in results.items():
         for dataset, r in per.items():
-            stem = f"{_slug(model)}__{dataset}"
-            plot_confusion(r, out / f"confusion__{stem}.png", f"{model} · {dataset}")
-            write_predictions(r, eval_sets[dataset], out / f"predictions__{stem}.csv")
+            stem = f"{_slug(model)}{'__' + tag if tag else ''}__{dataset}"
+            plot_confusion(r, out / f"confusion__{stem}.png", " · ".join(x for x in (model, tag, dataset) if x))
+            write_predictions(r, eval_sets.get(dataset), out / f"predictions__{stem}.csv")
             written += [out / f"confusion__{stem}.png", out / f"predictions__{stem}.csv"]
-    report = {"meta": dict(meta or {}),
-              "results": {m: {d: result_to_dict(r) for d, r in per.items()} for m, per in results.items()}}
+    return written
+
+
+def write_reports(results: Results, eval_sets: Mapping[str, EvalSet], out_dir: str | Path,
+                  meta: Mapping[str, object] | None = None, linear: Results | None = None,
+                  kshot: KShotResults | None = None) -> Sequence[Path]:
+    """Write ``report.json``, ``table.md`` and per model and dataset a PNG and a CSV.
+
+    ``linear`` (scored on each set's test part) and ``kshot`` add their own JSON sections
+    (``linear_probe``, ``kshot``) and Markdown tables; linear probes get ``__linear`` files.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = _plots(results, eval_sets, out)
+    report: dict = {"meta": dict(meta or {}),
+                    "results": {m: {d: result_to_dict(r) for d, r in per.items()} for m, per in results.items()}}
+    table = markdown_table(results)
+    if linear:
+        written += _plots(linear, eval_sets, out, "linear")
+        report["linear_probe"] = {m: {d: result_to_dict(r) for d, r in per.items()} for m, per in linear.items()}
+        table += ("\n## linear probe (logistic regression on frozen image features, scored on the test part)\n\n"
+                  + markdown_table({f"{m} · linear probe": per for m, per in linear.items()}))
+    if kshot:
+        report["kshot"] = {m: {d: {str(r.shots): r.to_dict() for r in runs} for d, runs in per.items()}
+                           for m, per in kshot.items()}
+        table += "\n## k-shot linear probe (scored on the test part)\n\n" + kshot_table(kshot)
     _atomic_write_text(out / "report.json", json.dumps(report, indent=2, ensure_ascii=False))
-    _atomic_write_text(out / "table.md", markdown_table(results))
+    _atomic_write_text(out / "table.md", table)
     return [out / "report.json", out / "table.md", *written]

@@ -6,6 +6,7 @@ kappa use the labels present in either truth or prediction; AUC is one-vs-rest p
 """
 from __future__ import annotations
 
+import warnings
 from typing import Mapping
 
 import numpy as np
@@ -83,18 +84,75 @@ def score(y_true: np.ndarray, y_pred: np.ndarray, scores: np.ndarray | None = No
     return out
 
 
+def resample_indices(n: int, n_resamples: int = 1000, seed: int = 0) -> np.ndarray:
+    """``[n_resamples, n]`` indices drawn with replacement (the draws :func:`bootstrap` uses)."""
+    return np.random.default_rng(seed).integers(0, n, (n_resamples, n))
+
+
+def _resampled_aucs(y_true: np.ndarray, scores: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """``[R, K]`` one-vs-rest AUCs of every resample, each given as per-image ``counts`` ``[R, N]``:
+    the rank statistic with multiplicities (ties count half), NaN where a side is empty."""
+    out = np.full((counts.shape[0], scores.shape[1]), np.nan)
+    for c in range(scores.shape[1]):
+        order = np.argsort(scores[:, c], kind="mergesort")
+        sorted_scores = scores[order, c]
+        starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
+        w = counts[:, order].astype(float)
+        pos = (y_true[order] == c)
+        wp = np.add.reduceat(w * pos, starts, axis=1)
+        wn = np.add.reduceat(w * ~pos, starts, axis=1)
+        below = np.cumsum(wn, axis=1) - wn
+        n_pos, n_neg = wp.sum(1), wn.sum(1)
+        u = (wp * (below + 0.5 * wn)).sum(1)
+        ok = (n_pos > 0) & (n_neg > 0)
+        out[ok, c] = u[ok] / (n_pos[ok] * n_neg[ok])
+    return out
+
+
+def resampled_scores(y_true: np.ndarray, y_pred: np.ndarray, idx: np.ndarray, scores: np.ndarray | None = None,
+                     graded: bool = False) -> dict[str, np.ndarray]:
+    """Every :func:`score` metric for each row of resample indices ``idx`` ``[R, N]``, vectorised
+    through per-resample confusion matrices (equal to calling :func:`score` per row)."""
+    y_true, y_pred = np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int)
+    r, n = idx.shape
+    k = int(max(y_true.max(initial=0), y_pred.max(initial=0)) + 1)
+    if scores is not None:
+        k = max(k, scores.shape[1])
+    flat = (np.arange(r)[:, None] * k * k + y_true[idx] * k + y_pred[idx]).ravel()
+    conf = np.bincount(flat, minlength=r * k * k).reshape(r, k, k).astype(float)
+    diag = np.diagonal(conf, axis1=1, axis2=2)
+    rows, cols = conf.sum(2), conf.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # nanmean of all-NaN rows is NaN, as score() gives
+        recall = np.where(rows > 0, diag / np.where(rows > 0, rows, 1), np.nan)
+        union = (rows + cols) > 0
+        f1 = np.where(union, 2 * diag / np.where(union, rows + cols, 1), np.nan)
+        out = {"top1": diag.sum(1) / n, "balanced_accuracy": np.nanmean(recall, axis=1),
+               "macro_f1": np.nanmean(f1, axis=1)}
+        if graded:
+            rank = np.cumsum(union, axis=1) - 1  # labels seen in truth or prediction, re-indexed
+            weights = (rank[:, :, None] - rank[:, None, :]) ** 2 * (union[:, :, None] & union[:, None, :])
+            expected = rows[:, :, None] * cols[:, None, :] / n
+            kappa = 1 - (weights * conf).sum((1, 2)) / (weights * expected).sum((1, 2))
+            out["quadratic_kappa"] = np.where(union.sum(1) < 2, 0.0, kappa)
+        if scores is not None:
+            counts = np.bincount((np.arange(r)[:, None] * n + idx).ravel(), minlength=r * n).reshape(r, n)
+            aucs = _resampled_aucs(y_true, np.asarray(scores, dtype=float), counts)
+            out["macro_auc"] = np.nanmean(aucs, axis=1)
+    return out
+
+
 def bootstrap(y_true: np.ndarray, y_pred: np.ndarray, scores: np.ndarray | None = None, graded: bool = False,
               n_resamples: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, tuple[float, float]]:
     """Percentile intervals of every :func:`score` metric over resampled images."""
-    rng = np.random.default_rng(seed)
-    y_true, y_pred = np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int)
-    draws: dict[str, list[float]] = {}
-    for _ in range(n_resamples):
-        idx = rng.integers(0, y_true.size, y_true.size)
-        for name, value in score(y_true[idx], y_pred[idx], None if scores is None else scores[idx], graded).items():
-            draws.setdefault(name, []).append(value)
+    y_true = np.asarray(y_true, dtype=int)
+    if n_resamples < 1 or y_true.size == 0:
+        return {}
+    draws = resampled_scores(y_true, y_pred, resample_indices(y_true.size, n_resamples, seed), scores, graded)
     lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
-    return {name: (float(np.nanpercentile(v, lo)), float(np.nanpercentile(v, hi))) for name, v in draws.items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN metric (e.g. AUC with one class)
+        return {name: (float(np.nanpercentile(v, lo)), float(np.nanpercentile(v, hi))) for name, v in draws.items()}
 
 
 def baselines(y_true: np.ndarray, n_classes: int, graded: bool = False) -> Mapping[str, dict[str, float]]:

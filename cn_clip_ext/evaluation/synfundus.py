@@ -72,3 +72,14 @@ def read_synfundus(root: Path, spec: DatasetSpec) -> tuple[RawItems, LmdbImageOp
 
 
 READERS["synfundus"] = read_synfundus
+
+
+def synfundus_label_classes(table: Mapping[str, DatasetSpec]) -> Mapping[str, Mapping[str, str]]:
+    """Side-table column -> {label value as text -> prompt class}, from a dataset table's
+    ``synfundus`` entries (their ``label`` option and ``classes``); derived labels are left out."""
+    out: dict[str, Mapping[str, str]] = {}
+    for spec in table.values():
+        column = spec.options.get("label")
+        if spec.reader == "synfundus" and column and column not in DERIVED_LABELS:
+            out.setdefault(str(column), MappingProxyType(dict(spec.classes)))
+    return MappingProxyType(out)

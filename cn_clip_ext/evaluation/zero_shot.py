@@ -1,8 +1,10 @@
 """Zero-shot evaluation of one model on one dataset with one prompt set."""
 from __future__ import annotations
 
+import contextlib
+import os
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -17,16 +19,45 @@ from .prompts import PromptSet
 
 
 class _Images(Dataset):
-    """Decoded, transformed images of an :class:`EvalSet` (decoded in DataLoader workers)."""
+    """Decoded, transformed images of an :class:`EvalSet` (decoded in DataLoader workers).
+
+    When the transform has a square output ``size`` (the fundus transforms), JPEGs are decoded
+    at a reduced scale of at least twice that size (see :func:`.datasets.open_image_file`).
+    """
 
     def __init__(self, eval_set: EvalSet, transform: Callable):
         self.eval_set, self.transform = eval_set, transform
+        size = getattr(transform, "size", None)
+        self.min_size = 2 * size if isinstance(size, int) else None
 
     def __len__(self) -> int:
         return len(self.eval_set)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        return self.transform(self.eval_set.load(index))
+        return self.transform(self.eval_set.load(index, self.min_size))
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def _threads_beside_workers(device: str | torch.device, workers: int) -> Iterator[None]:
+    """On the CPU, leave one core to each decoding worker: the model's intra-op threads competing
+    with the workers for the same cores halves throughput (measured in bench/bench_eval.py)."""
+    before = torch.get_num_threads()
+    wanted = max(1, min(before, _cpu_count() - workers))
+    if torch.device(device).type != "cpu" or workers == 0 or wanted == before:
+        yield
+        return
+    torch.set_num_threads(wanted)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @torch.no_grad()
@@ -34,10 +65,11 @@ def encode_images(model: torch.nn.Module, eval_set: EvalSet, transform: Callable
                   workers: int = 2, device: str | torch.device = "cpu", progress: bool = True) -> torch.Tensor:
     """``[N, D]`` L2-normalised image embeddings, in the data set's order."""
     loader = DataLoader(_Images(eval_set, transform), batch_size=batch_size, num_workers=workers,
-                        persistent_workers=False)
+                        persistent_workers=False, pin_memory=torch.device(device).type == "cuda")
     feats = []
-    for batch in tqdm(loader, desc=f"encode {eval_set.name}", disable=not progress, leave=False):
-        feats.append(F.normalize(model.encode_image(batch.to(device)).float(), dim=-1).cpu())
+    with _threads_beside_workers(device, workers):
+        for batch in tqdm(loader, desc=f"encode {eval_set.name}", disable=not progress, leave=False):
+            feats.append(F.normalize(model.encode_image(batch.to(device, non_blocking=True)).float(), dim=-1).cpu())
     return torch.cat(feats)
 
 
@@ -55,6 +87,7 @@ class ZeroShotResult:
     baselines: dict[str, dict[str, float]]
     confusion: np.ndarray
     extra: dict[str, Any] = field(default_factory=dict)
+    images: tuple[str, ...] = field(default=(), repr=False)  # the scored images, in row order
 
 
 def classify(image_features: torch.Tensor, class_emb: torch.Tensor, logit_scale: float) -> np.ndarray:
@@ -64,7 +97,7 @@ def classify(image_features: torch.Tensor, class_emb: torch.Tensor, logit_scale:
 
 
 def score_predictions(eval_set: EvalSet, probabilities: np.ndarray, n_resamples: int = 1000,
-                      seed: int = 0) -> ZeroShotResult:
+                      seed: int = 0, extra: dict[str, Any] | None = None) -> ZeroShotResult:
     """Metrics, bootstrap intervals, baselines and confusion matrix for class probabilities."""
     labels = np.asarray(eval_set.labels)
     preds = probabilities.argmax(1)
@@ -76,6 +109,7 @@ def score_predictions(eval_set: EvalSet, probabilities: np.ndarray, n_resamples:
         intervals=scores.bootstrap(labels, preds, probabilities, eval_set.graded, n_resamples, seed),
         baselines=dict(scores.baselines(labels, k, eval_set.graded)),
         confusion=scores.confusion(labels, preds, k),
+        extra=dict(extra or {}), images=eval_set.images,
     )
 
 
@@ -85,7 +119,16 @@ def zero_shot(model: torch.nn.Module, tokenizer: Callable, eval_set: EvalSet, pr
               n_resamples: int = 1000, progress: bool = True) -> ZeroShotResult:
     """Classify every image by its nearest prompt-ensemble class embedding."""
     model.eval()
-    class_emb = class_embeddings(model.encode_text, tokenizer, prompts.for_classes(eval_set.classes), device)
     feats = encode_images(model, eval_set, transform, batch_size, workers, device, progress)
-    probs = classify(feats, class_emb.cpu(), float(model.logit_scale.exp()))
+    return zero_shot_features(model, tokenizer, eval_set, prompts, feats, device, n_resamples)
+
+
+@torch.no_grad()
+def zero_shot_features(model: torch.nn.Module, tokenizer: Callable, eval_set: EvalSet, prompts: PromptSet,
+                       image_features: torch.Tensor, device: str | torch.device = "cpu",
+                       n_resamples: int = 1000) -> ZeroShotResult:
+    """:func:`zero_shot` from image features already computed by :func:`encode_images`."""
+    model.eval()
+    class_emb = class_embeddings(model.encode_text, tokenizer, prompts.for_classes(eval_set.classes), device)
+    probs = classify(image_features, class_emb.cpu(), float(model.logit_scale.exp()))
     return score_predictions(eval_set, probs, n_resamples)

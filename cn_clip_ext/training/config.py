@@ -68,6 +68,11 @@ class TrainConfig:
     valid_max_samples: int | None = _doc("use at most this many valid samples", None)
     zeroshot_labels: tuple[str, ...] = _doc("side-table labels for zero-shot balanced accuracy",
                                             ("dr_grade", "is_gc", "is_amd"))
+    zeroshot_prompts: str | None = _doc(
+        "prompt set file (YAML/JSON) for zero-shot validation (vclip-train: vclip-eval's plain.yaml)", None)
+    zeroshot_table: str | None = _doc(
+        "dataset table whose synfundus entries map label values to prompt classes (vclip-train: "
+        "vclip-eval's datasets.yaml)", None)
     # checkpoints and logs
     output_dir: str = _doc("folder for checkpoints, config.json, metrics.csv, TensorBoard and curves",
                            "runs/visionclip_rn50_roberta")

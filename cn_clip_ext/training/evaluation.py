@@ -2,38 +2,41 @@
 
 Each rank embeds a contiguous shard of the valid split; shards are gathered so every rank holds
 all embeddings in dataset order and computes the same numbers.
+
+Zero-shot prompts are data, the same that ``vclip-eval`` uses: a :class:`PromptSet` and, per
+side-table label column, ``{label value -> prompt class}`` (the ``synfundus`` entries of a
+dataset table, see :func:`load_zeroshot_setup`). Without them, zero-shot accuracy is skipped.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import math
+from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from ..evaluation.datasets import load_dataset_table
+from ..evaluation.prompts import PromptSet, load_prompt_set
+from ..evaluation.synfundus import synfundus_label_classes
 from ..metrics import balanced_accuracy, recall_at_k
-from ..zeroshot import class_embeddings, expand_prompts, predict
+from ..zeroshot import class_embeddings, predict
 from .distributed import DistEnv, all_gather_tensor
 from .loss import clip_loss
 
 logger = logging.getLogger(__name__)
 
-ZEROSHOT_TEMPLATES = ("{}。", "眼底照片显示{}。", "诊断：{}。")
-"""Prompt templates; a class embedding averages its prompts (see :mod:`cn_clip_ext.zeroshot`)."""
+LabelClasses = Mapping[str, Mapping[str, str]]
+"""Side-table column -> {label value as text -> prompt class key}."""
 
-ZEROSHOT_CLASSES: dict[str, tuple[str, ...]] = {
-    "dr_grade": ("无糖尿病视网膜病变", "轻度非增殖性糖尿病视网膜病变", "中度非增殖性糖尿病视网膜病变",
-                 "重度非增殖性糖尿病视网膜病变", "增殖性糖尿病视网膜病变"),
-    "is_gc": ("无青光眼", "青光眼"),
-    "is_amd": ("无年龄相关性黄斑变性", "年龄相关性黄斑变性"),
-    "is_dr": ("无糖尿病视网膜病变", "糖尿病视网膜病变"),
-    "is_hr": ("无高血压视网膜病变", "高血压视网膜病变"),
-    "is_pm": ("无病理性近视", "病理性近视"),
-}
-"""Class names (index = label value) of SynFundus side-table labels known to validation."""
+
+def load_zeroshot_setup(prompts_path: str | Path, table_path: str | Path) -> tuple[PromptSet, LabelClasses]:
+    """The prompt set and label -> class mapping for zero-shot validation, from a prompt file and
+    a dataset table (its ``synfundus`` entries)."""
+    return load_prompt_set(prompts_path), synfundus_label_classes(load_dataset_table(table_path))
 
 
 def _shard(n: int, world: int, rank: int) -> list[int]:
@@ -42,17 +45,18 @@ def _shard(n: int, world: int, rank: int) -> list[int]:
     return idx + [n - 1] * (per - len(idx))  # pad so every rank gathers the same count
 
 
-def _label_values(dataset: Dataset, name: str, n: int) -> torch.Tensor | None:
+def _label_values(dataset: Dataset, name: str, n: int, values: Sequence[str]) -> torch.Tensor | None:
+    """Class index (position in ``values``) of each of the first ``n`` items; -1 unknown or other."""
     labels = getattr(dataset, "labels", None)
     if labels is None:
         return None
     try:
-        values = labels[name]
+        column = labels[name]
     except (KeyError, IndexError, TypeError):
         return None
-    out = torch.tensor([-1 if v is None or (isinstance(v, float) and math.isnan(v)) else int(v)
-                        for v in list(values)[:n]], dtype=torch.long)
-    return out
+    index = {v: i for i, v in enumerate(values)}
+    return torch.tensor([-1 if v is None or (isinstance(v, float) and math.isnan(v)) else index.get(str(int(v)), -1)
+                         for v in list(column)[:n]], dtype=torch.long)
 
 
 @torch.no_grad()
@@ -60,9 +64,9 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, env: DistEnv, tokenizer: 
              batch_size: int, loss_batch_size: int, num_workers: int = 0, max_samples: int | None = None,
              label_names: Sequence[str] = ("dr_grade", "is_gc", "is_amd"),
              autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-             classes: Mapping[str, Sequence[str]] = ZEROSHOT_CLASSES,
-             templates: Sequence[str] = ZEROSHOT_TEMPLATES) -> dict[str, float]:
-    """Metrics on ``dataset`` (first ``max_samples`` items): ``loss``, ``i2t_r1`` ... ``zs_<label>_bacc``."""
+             prompts: PromptSet | None = None, label_classes: LabelClasses | None = None) -> dict[str, float]:
+    """Metrics on ``dataset`` (first ``max_samples`` items): ``loss``, ``i2t_r1`` ... and, for each of
+    ``label_names`` that ``label_classes`` maps to classes of ``prompts``, ``zs_<label>_bacc``."""
     net = getattr(model, "module", model)
     was_training = net.training
     net.eval()
@@ -96,14 +100,16 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, env: DistEnv, tokenizer: 
         rec = recall_at_k(q, g, (1, 5), groups, groups)
         out[f"{key}_r1"], out[f"{key}_r5"] = rec[1], rec[5]
     for name in label_names:
-        y = _label_values(dataset, name, n)
-        if y is None or name not in classes:
-            logger.debug("zero-shot: no label %r (or no class names for it); skipped", name)
+        classes = (label_classes or {}).get(name)
+        y = _label_values(dataset, name, n, list(classes)) if classes and prompts is not None else None
+        if y is None:
+            logger.debug("zero-shot: no label %r, no prompt classes for it or no prompt set; skipped", name)
             continue
         keep = y >= 0
         if not bool(keep.any()):
             continue
-        emb = class_embeddings(net.encode_text, tokenizer, expand_prompts(classes[name], templates), env.device)
+        emb = class_embeddings(net.encode_text, tokenizer, prompts.for_classes(list(classes.values())),  # type: ignore[union-attr]
+                               env.device)
         pred = predict(img[keep.to(img.device)], emb).cpu()
         out[f"zs_{name}_bacc"] = balanced_accuracy(y[keep], pred)
     if was_training:
@@ -111,4 +117,4 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, env: DistEnv, tokenizer: 
     return out
 
 
-__all__ = ["ZEROSHOT_CLASSES", "ZEROSHOT_TEMPLATES", "evaluate"]
+__all__ = ["LabelClasses", "evaluate", "load_zeroshot_setup"]

@@ -28,10 +28,10 @@ from . import checkpoint as ckpt
 from .config import TrainConfig
 from .data import LabelledDataset, ResumableSampler, SeededDataset, item_seed, steps_per_epoch, toy_splits
 from .distributed import DistEnv, all_gather_object, barrier, cleanup, init_distributed
-from .evaluation import evaluate
+from .evaluation import evaluate, load_zeroshot_setup
 from .loss import ContrastiveLoss, clamp_logit_scale
 from .optim import build_optimizer, build_scheduler
-from .recorder import Recorder, host_rss_mb
+from .recorder import Recorder, anon_rss_mb, host_rss_mb
 from .warmstart import warm_start
 
 logger = logging.getLogger(__name__)
@@ -121,6 +121,8 @@ class Trainer:
         model, train_tf, eval_tf = create_model_and_transforms(
             c.model, seed=c.seed, context_length=c.context_length, preprocess=c.preprocess)
         self.tokenizer = get_tokenizer(c.model, context_length=c.context_length)
+        self.zs_prompts, self.zs_classes = (load_zeroshot_setup(c.zeroshot_prompts, c.zeroshot_table)
+                                            if c.zeroshot_prompts and c.zeroshot_table else (None, None))
         if train_dataset is None:
             train_dataset, built_valid = build_datasets(c, train_tf, eval_tf, model.vclip_config.image_size)
             valid_dataset = valid_dataset if valid_dataset is not None else built_valid
@@ -234,7 +236,8 @@ class Trainer:
         metrics = evaluate(self.model, self.valid_set, self.env, self.tokenizer,
                            batch_size=c.valid_batch_size, loss_batch_size=c.batch_size * self.env.world_size,
                            num_workers=min(c.num_workers, 2), max_samples=c.valid_max_samples,
-                           label_names=c.zeroshot_labels, autocast=self.autocast)
+                           label_names=c.zeroshot_labels, autocast=self.autocast,
+                           prompts=self.zs_prompts, label_classes=self.zs_classes)
         self.recorder.log(self.step, self.epoch, "valid", metrics)
         if self.env.is_main:
             shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
@@ -312,7 +315,8 @@ class Trainer:
                         window_t, window_samples = now, 0
                         self.recorder.log(self.step, self.epoch, "train", {
                             "loss": step_loss, "lr": lr, "logit_scale": float(self.raw_model.logit_scale.detach().exp()),
-                            "samples_per_s": rate, "host_rss_mb": host_rss_mb()})
+                            "samples_per_s": rate, "host_rss_mb": host_rss_mb(),
+                            "anon_rss_mb": anon_rss_mb()})
                         if bar is not None:
                             bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", sps=f"{rate:.1f}",
                                             refresh=False)

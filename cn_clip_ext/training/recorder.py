@@ -27,6 +27,32 @@ def host_rss_mb() -> float:
         return 0.0
 
 
+def _status_kib(pid: int, field: str) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as fh:
+            return [int(p) for p in fh.read().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def anon_rss_mb(include_children: bool = True) -> float:
+    """Anonymous resident memory (heap, not file-backed LMDB pages) of this process and its
+    direct children (DataLoader workers), in MiB: the number that grows when memory leaks."""
+    pids = [os.getpid(), *(_children(os.getpid()) if include_children else [])]
+    return sum(_status_kib(pid, "RssAnon") for pid in pids) / 1024
+
+
 def read_metrics(path: str | Path) -> list[dict[str, str]]:
     path = Path(path)
     if not path.is_file():
@@ -129,4 +155,4 @@ class Recorder:
         return path
 
 
-__all__ = ["FIELDS", "Recorder", "host_rss_mb", "read_metrics", "series"]
+__all__ = ["FIELDS", "Recorder", "anon_rss_mb", "host_rss_mb", "read_metrics", "series"]

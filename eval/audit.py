@@ -1,0 +1,141 @@
+"""vclip-audit: are evaluation images (or near-copies of them) inside the training corpus?"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from cn_clip_ext.cli import run_program, setup_logging
+from cn_clip_ext.errors import UserError
+
+PROG = "vclip-audit"
+HERE = Path(__file__).resolve().parent
+DATASETS_TABLE = HERE / "datasets.yaml"
+logger = logging.getLogger(PROG)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from cn_clip_ext.audit.hashing import MAX_HASH_DISTANCE
+
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Compare a training corpus with evaluation sets and report near-duplicates at two levels: "
+                    "perceptual hashes of the vessel-enhanced field of view (Hamming distance of 512 bits; exact "
+                    "and near copies) and nearest neighbours in an embedding space (cosine; altered copies). "
+                    "Writes OUT/audit.json, audit.md, pairs.csv, exclude.txt (for vclip-eval --exclude), "
+                    "contact_sheet.png and nn_distributions.png. Corpus hashes and embeddings are computed in "
+                    "one streaming pass and cached beside the corpus.",
+        epilog="examples:\n"
+               "  vclip-audit --corpus lmdb/ --data-root eval_data/ --out reports/audit\n"
+               "  vclip-audit --corpus SynFundus-1M/Fundus --data fives=/data/FIVES "
+               "--model visionclip-bundle --out reports/audit\n"
+               "  vclip-eval --checkpoint visionclip-bundle --data-root eval_data/ "
+               "--exclude reports/audit/exclude.txt --out reports/eval",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--corpus", type=Path, required=True, metavar="PATH",
+                   help="training corpus: a vclip-build-lmdb output (all its splits), one LMDB split, an image "
+                        "folder (recursive) or a CSV with an image-path column")
+    p.add_argument("--splits", help="comma-separated LMDB splits to audit (default: every split present)")
+    p.add_argument("--column", help="the corpus CSV's image-path column (default: path, image, file, ...)")
+    p.add_argument("--data", action="append", default=[], metavar="NAME=ROOT",
+                   help="an evaluation set of the dataset table and its root folder (repeatable)")
+    p.add_argument("--data-root", type=Path, help="a folder holding evaluation sets under their table names")
+    p.add_argument("--datasets-table", type=Path, default=DATASETS_TABLE,
+                   help="YAML/JSON dataset table (default: vclip-eval's datasets.yaml)")
+    enc = p.add_mutually_exclusive_group()
+    enc.add_argument("--model", type=Path, metavar="PATH",
+                     help="embedding level with this model's image tower: a bundle, a training checkpoint or a "
+                          "cn_clip-format .pt (a generic encoder); default: the weight-free vessel descriptor")
+    enc.add_argument("--no-embedding", action="store_true", help="hash level only")
+    p.add_argument("--arch", help="architecture of a cn_clip-format checkpoint")
+    p.add_argument("--max-hash-distance", type=int, default=MAX_HASH_DISTANCE,
+                   help=f"copy threshold, Hamming distance of 512 bits (default {MAX_HASH_DISTANCE}, measured)")
+    p.add_argument("--min-cosine", default="auto",
+                   help="embedding threshold, or 'auto': the encoder's measured default or the corpus-vs-corpus "
+                        "nearest-neighbour quantile, whichever is higher (default)")
+    p.add_argument("--baseline-samples", type=int, default=1000,
+                   help="corpus images queried for the corpus-vs-corpus baseline (default 1000)")
+    p.add_argument("--baseline-quantile", type=float, default=0.999)
+    p.add_argument("--k", type=int, default=5, help="neighbours kept per image and level")
+    p.add_argument("--cache-dir", type=Path, help="cache root (default: beside the corpus)")
+    p.add_argument("--no-cache", action="store_true", help="compute everything, write no cache")
+    p.add_argument("--max-sheet-pairs", type=int, default=60, help="pairs shown on the contact sheet")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=2, help="decoding and hashing processes (0: in this process)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--out", type=Path, required=True, help="output folder for the reports")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def _eval_roots(args: argparse.Namespace, table) -> dict[str, Path]:
+    chosen: dict[str, Path] = {}
+    if args.data_root is not None:
+        if not args.data_root.is_dir():
+            raise UserError(f"{args.data_root}: --data-root folder not found")
+        chosen = {name: args.data_root / name for name in table if (args.data_root / name).is_dir()}
+    for item in args.data:
+        name, sep, root = item.partition("=")
+        if not sep:
+            raise UserError(f"--data {item!r}: expected NAME=ROOT")
+        if name not in table:
+            raise UserError(f"--data {item!r}: {name!r} is not in {args.datasets_table} (it has {sorted(table)})")
+        chosen[name] = Path(root)
+    if not chosen:
+        raise UserError("no evaluation set given: use --data NAME=ROOT or --data-root DIR")
+    return chosen
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+
+    def body() -> int:
+        from cn_clip_ext.audit import (AuditConfig, ModelEncoder, VesselEncoder, open_corpus, run_audit,
+                                       write_audit_report)
+        from cn_clip_ext.evaluation import load_dataset_table, load_eval_set
+
+        if args.min_cosine == "auto":
+            min_cosine = None
+        else:
+            try:
+                min_cosine = float(args.min_cosine)
+            except ValueError:
+                raise UserError(f"--min-cosine {args.min_cosine!r}: expected a number or 'auto'") from None
+        if args.arch and args.model is None:
+            raise UserError("--arch only applies with --model")
+        try:
+            config = AuditConfig(max_hash_distance=args.max_hash_distance, min_cosine=min_cosine, k=args.k,
+                                 baseline_samples=args.baseline_samples, baseline_quantile=args.baseline_quantile,
+                                 batch_size=args.batch_size, workers=args.workers, progress=not args.quiet)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        if args.out.exists() and not args.out.is_dir():
+            raise UserError(f"{args.out}: --out exists and is not a folder")
+        table = load_dataset_table(args.datasets_table)
+        sets = {name: load_eval_set(table[name], root) for name, root in _eval_roots(args, table).items()}
+        splits = [s.strip() for s in args.splits.split(",") if s.strip()] if args.splits else None
+        corpus = open_corpus(args.corpus, splits, args.column)
+        if args.no_embedding:
+            encoder = None
+        elif args.model is not None:
+            encoder = ModelEncoder(args.model, args.arch, args.device)
+        else:
+            encoder = VesselEncoder()
+        cache_root = None if args.no_cache else (args.cache_dir or corpus.default_cache_dir())
+        logger.info("corpus %s: %d images; evaluation sets: %s; cache: %s", corpus.name, len(corpus),
+                    ", ".join(f"{n} ({len(s)})" for n, s in sets.items()), cache_root or "off")
+        result = run_audit(corpus, sets, encoder, cache_root, config)
+        files = write_audit_report(result, args.out, args.max_sheet_pairs)
+        print(files["audit.md"].read_text(encoding="utf-8"))
+        return 0
+
+    return run_program(PROG, body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
