@@ -125,7 +125,7 @@ def test_bad_config_values_are_user_errors(tmp_path):
         TrainConfig.from_dict({"batchsize": 3})
     bad = tmp_path / "c.json"
     bad.write_text("{not json")
-    with pytest.raises(UserError, match="not a valid config file"):
+    with pytest.raises(UserError, match=r"c\.json: not valid JSON"):
         TrainConfig.from_file(bad)
     proc = _cli("--preset", "tiny", "--output-dir", str(tmp_path / "x"))
     _one_line_error(proc, "no training data")

@@ -17,7 +17,7 @@ from PIL import Image
 
 from ..data.schema import FIVES, MESSIDOR2, REFUGE
 from ..errors import UserError, where
-from .prompts import read_structured
+from ..files import read_structured
 from .sheets import SHEET_SUFFIXES, find_column, read_csv_rows, read_sheet
 
 logger = logging.getLogger(__name__)

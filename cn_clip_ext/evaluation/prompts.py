@@ -1,13 +1,13 @@
 """Prompt sets as data: templates and per-class descriptions read from YAML or JSON files."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Mapping, Sequence
 
 from ..errors import UserError
+from ..files import read_structured
 
 
 @dataclass(frozen=True)
@@ -30,24 +30,6 @@ class PromptSet:
     def for_classes(self, class_keys: Sequence[str]) -> list[tuple[str, ...]]:
         """Prompts grouped by class, in the given order."""
         return [self.prompts(k) for k in class_keys]
-
-
-def read_structured(path: str | Path) -> object:
-    """Parse a ``.yaml``/``.yml`` or ``.json`` file; a one-line :class:`UserError` otherwise."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    try:
-        if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            return yaml.safe_load(text)
-        return json.loads(text)
-    except Exception as exc:  # yaml and json raise different types
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(f"{path}: not valid {path.suffix.lstrip('.').upper()} ({first})") from None
 
 
 def load_prompt_set(path: str | Path) -> PromptSet:

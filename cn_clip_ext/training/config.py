@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import UserError
+from ..files import read_structured
 from ..factory import VISIONCLIP, VISIONCLIP_TINY
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -125,22 +126,8 @@ class TrainConfig:
 
     @classmethod
     def from_file(cls, path: str | Path, base: "TrainConfig | None" = None) -> "TrainConfig":
-        """Read a JSON (or, with PyYAML, YAML) file of config keys."""
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise UserError(f"{path}: cannot read training config ({exc.strerror})") from None
-        try:
-            if path.suffix in (".yaml", ".yml"):
-                import yaml
-
-                values = yaml.safe_load(text) or {}
-            else:
-                values = json.loads(text)
-        except Exception as exc:  # noqa: BLE001 - any parse error is the user's file
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise UserError(f"{path}: not a valid config file ({first})") from None
+        """Read a JSON or YAML file of config keys."""
+        values = read_structured(path) or {}
         if not isinstance(values, dict):
             raise UserError(f"{path}: a training config must be a mapping of keys to values")
         return cls.from_dict(values, base)

@@ -1,0 +1,25 @@
+"""Reading the small structured files users write: prompt sets, dataset tables, training configs."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .errors import UserError
+
+
+def read_structured(path: str | Path) -> object:
+    """Parse a ``.yaml``/``.yml`` or ``.json`` file; a one-line :class:`UserError` otherwise."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            return yaml.safe_load(text)
+        return json.loads(text)
+    except Exception as exc:  # yaml and json raise different types
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"{path}: not valid {path.suffix.lstrip('.').upper()} ({first})") from None
