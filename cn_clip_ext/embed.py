@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .errors import UserError, where
+from .files import read_text_lines
 
 logger = logging.getLogger(__name__)
 
@@ -104,13 +105,7 @@ def images_from_csv(csv_path: str | Path, column: str | None = None) -> list[Ima
 
 def captions_from_file(path: str | Path) -> list[tuple[int, str]]:
     """``(line number, caption)`` for every non-blank line of a UTF-8 text file."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except FileNotFoundError:
-        raise UserError(f"{path}: captions file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not a readable UTF-8 text file ({exc})") from None
+    lines = read_text_lines(path, "captions file")
     captions = [(n, line.strip()) for n, line in enumerate(lines, start=1) if line.strip()]
     if not captions:
         raise UserError(f"{path}: no captions (one per line)")

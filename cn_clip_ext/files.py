@@ -23,3 +23,14 @@ def read_structured(path: str | Path) -> object:
     except Exception as exc:  # yaml and json raise different types
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserError(f"{path}: not valid {path.suffix.lstrip('.').upper()} ({first})") from None
+
+
+def read_text_lines(path: str | Path, what: str) -> list[str]:
+    """Lines of a UTF-8 text file (a BOM is allowed); ``what`` names the file in one-line errors."""
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8-sig").splitlines()
+    except FileNotFoundError:
+        raise UserError(f"{path}: {what} not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not a readable UTF-8 {what} ({exc})") from None

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Collection, Mapping
 
-from ..errors import UserError
+from ..files import read_text_lines
 from ..evaluation.datasets import EvalSet
 
 logger = logging.getLogger(__name__)
@@ -14,13 +14,7 @@ logger = logging.getLogger(__name__)
 
 def read_exclude(path: str | Path) -> frozenset[str]:
     """Image references, one a line (blank lines and ``#`` comments ignored)."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except FileNotFoundError:
-        raise UserError(f"{path}: exclusion list not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not a readable UTF-8 exclusion list ({exc})") from None
+    lines = read_text_lines(path, "exclusion list")
     return frozenset(s.strip() for s in lines if s.strip() and not s.lstrip().startswith("#"))
 
 
