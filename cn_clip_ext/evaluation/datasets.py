@@ -93,15 +93,12 @@ def _find_case_insensitive(folder: Path, name: str, listing: dict[str, str]) -> 
     return folder / hit if hit else None
 
 
-_read_csv_rows = read_csv_rows
-
-
 def read_messidor2(root: Path, spec: DatasetSpec) -> RawItems:
     """Kaggle adjudicated MESSIDOR-2: ``messidor_data.csv`` + ``IMAGES/``; gradable rows only."""
     table = root / MESSIDOR2.csv
     if not table.is_file():
         raise UserError(f"{table}: MESSIDOR-2 grades file not found")
-    columns, rows = _read_csv_rows(table)
+    columns, rows = read_csv_rows(table)
     missing = [c for c in ("image_id", "adjudicated_dr_grade", "adjudicated_gradable") if c not in columns]
     if missing:
         raise UserError(f"{table}: missing column {missing[0]!r}")
@@ -266,7 +263,7 @@ def read_csv_table(root: Path, spec: DatasetSpec) -> RawItems:
     opts = spec.options
     table = root / opts.get("path", "labels.csv")
     image_col, label_col = opts.get("image_col", "image"), opts.get("label_col", "label")
-    columns, rows = _read_csv_rows(table)
+    columns, rows = read_csv_rows(table)
     for col in (image_col, label_col):
         if col not in columns:
             raise UserError(f"{table}: missing column {col!r} (has {columns})")
