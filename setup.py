@@ -48,7 +48,7 @@ setup(
         "faiss-cpu",  # vclip-audit: nearest-neighbour search
     ],
     extras_require={
-        "test": ["pytest", "pandas", "scikit-image"],
+        "test": ["pytest", "pandas", "scikit-image", "xlwt"],
     },
     entry_points={
         "console_scripts": [

@@ -22,6 +22,7 @@ from cn_clip_ext.training.distributed import DistEnv
 from vclip_eval.evaluate import DATASETS_TABLE, PROMPTS_DIR, main
 
 openpyxl = pytest.importorskip("openpyxl")
+xlwt = pytest.importorskip("xlwt")
 N_EVAL = 24
 
 
@@ -175,18 +176,35 @@ def test_messidor_reads_per_base_tables(eval_root, table, tmp_path, caplog):
         load_eval_set(table["messidor"], tmp_path / "empty")
 
 
-def test_messidor_xls_tables(tmp_path):
-    xlwt = pytest.importorskip("xlwt", reason="no .xls writer installed (xlwt is unmaintained); "
-                                               ".xls reading goes through xlrd and is untested here")
+def _write_xls(path, header, rows):
+    """A legacy Excel 97 workbook, the format MESSIDOR's annotation files are published in."""
     book = xlwt.Workbook()
-    sheet = book.add_sheet("s")
-    for j, h in enumerate(MESSIDOR_HEADER):
-        sheet.write(0, j, h)
-    sheet.write(1, 0, "a.tif")
-    sheet.write(1, 2, 2.0)
-    book.save(str(tmp_path / "Annotation_Base13.xls"))
-    _, rows = read_sheet(tmp_path / "Annotation_Base13.xls")
-    assert rows[0]["Retinopathy grade"] == "2"
+    sheet = book.add_sheet("Feuil1")
+    for i, row in enumerate([header, *rows]):
+        for j, value in enumerate(row):
+            sheet.write(i, j, value)
+    book.save(str(path))
+
+
+def test_messidor_reads_published_xls_tables(eval_root, table, tmp_path):
+    """The original release: one ``Annotation_Base*.xls`` per base, numeric grades stored as floats."""
+    root = tmp_path / "messidor"
+    expected = _messidor_layout(eval_root / "messidor2", root)
+    for base in ("Base11", "Base12"):
+        for converted in (root / base).glob("Annotation_*"):
+            converted.unlink()  # only the .xls tables remain
+        names = sorted(n for n in expected if (root / base / n).exists())
+        _write_xls(root / base / f"Annotation_{base}.xls", MESSIDOR_HEADER,
+                   [[n, "Service Ophtalmologie Lariboisière", float(expected[n]), 0.0] for n in names])
+    _, rows = read_sheet(root / "Base11" / "Annotation_Base11.xls")
+    assert rows and all(r["Retinopathy grade"] in {"0", "1", "2", "3"} for r in rows)
+    s = load_eval_set(table["messidor"], root)
+    got = {p.rsplit("/", 1)[1]: s.classes[y] for p, y in zip(s.images, s.labels)}
+    assert got == {n: f"messidor_{g}" for n, g in expected.items()}
+    # a damaged .xls is one line naming the file
+    (root / "Base12" / "Annotation_Base12.xls").write_bytes(b"\xd0\xcf\x11\xe0 not a workbook")
+    with pytest.raises(UserError, match=r"Annotation_Base12\.xls: not a readable \.xls file"):
+        load_eval_set(table["messidor"], root)
 
 
 # -- REFUGE challenge label tables ---------------------------------------------------------------
