@@ -34,6 +34,7 @@ import torch
 
 from .errors import UserError
 from .factory import ModelConfig
+from .files import read_structured
 from .tokenizer import vocab_path, vocab_sha256
 from .transforms import CLIP_MEAN, CLIP_STD, PREPROCESS_MODES
 
@@ -115,12 +116,9 @@ class BundleConfig:
     @classmethod
     def from_file(cls, path: Path) -> "BundleConfig":
         """Parse and validate ``config.json``; a one-line :class:`UserError` when it is not one."""
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise UserError(f"{path}: not found; {path.parent} is not a VisionCLIP bundle") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise UserError(f"{path}: not a readable JSON bundle config ({exc})") from None
+        if not path.is_file():
+            raise UserError(f"{path}: not found; {path.parent} is not a VisionCLIP bundle")
+        data = read_structured(path, "bundle config")
         if not isinstance(data, dict) or data.get("format") != BUNDLE_FORMAT:
             raise UserError(f"{path}: not a VisionCLIP bundle config (format is not {BUNDLE_FORMAT!r})")
         version = data.get("format_version")
@@ -287,12 +285,7 @@ def model_card(cfg: BundleConfig, report: Mapping[str, Any] | None = None) -> st
 
 # -- writing ----------------------------------------------------------------------------------------
 def _read_report(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path}: evaluation report not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: not a readable JSON evaluation report ({exc})") from None
+    data = read_structured(path, "evaluation report")
     if not isinstance(data, dict) or "results" not in data:
         raise UserError(f"{path}: not a vclip-eval report.json (no 'results' key)")
     return data

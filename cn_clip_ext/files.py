@@ -7,13 +7,20 @@ from pathlib import Path
 from .errors import UserError
 
 
-def read_structured(path: str | Path) -> object:
-    """Parse a ``.yaml``/``.yml`` or ``.json`` file; a one-line :class:`UserError` otherwise."""
+def read_structured(path: str | Path, what: str | None = None) -> object:
+    """Parse a ``.yaml``/``.yml`` or ``.json`` file; a one-line :class:`UserError` otherwise.
+
+    ``what`` (e.g. ``"bundle config"``) names the file's role in those errors.
+    """
     path = Path(path)
+    kind = path.suffix.lstrip(".").upper() or "JSON"
     try:
         text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except FileNotFoundError:
+        raise UserError(f"{path}: {what or 'file'} not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise UserError(f"{path}: not a readable {kind} {what or 'file'} ({reason})") from None
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
             import yaml
@@ -22,7 +29,9 @@ def read_structured(path: str | Path) -> object:
         return json.loads(text)
     except Exception as exc:  # yaml and json raise different types
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(f"{path}: not valid {path.suffix.lstrip('.').upper()} ({first})") from None
+        if what:
+            raise UserError(f"{path}: not a readable {kind} {what} ({first})") from None
+        raise UserError(f"{path}: not valid {kind} ({first})") from None
 
 
 def read_text_lines(path: str | Path, what: str) -> list[str]:
