@@ -32,6 +32,8 @@ setup(
         "timm",
         "numpy",
         "pillow",
+        "pyspng",  # vclip-build-lmdb: faster 8-bit PNG decoding (libspng)
+        "opencv-python-headless",  # fundus transforms: the affine warp, about 3x PIL's
         "transformers",
         "tqdm",
         "six",

@@ -31,12 +31,13 @@ from .factory import (
 from .pretrained import load_pretrained
 from .tokenizer import Tokenizer
 from .transforms import CLIP_MEAN, CLIP_STD, AugmentConfig, FundusPreprocess, eval_transform, train_transform
+from .tripartite import TripartiteCLIP, create_tripartite_model
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AugmentConfig", "CLIP_MEAN", "CLIP_STD", "FundusPreprocess", "ModelConfig", "Tokenizer",
-    "UnknownModelError", "VISIONCLIP", "VISIONCLIP_TINY", "add_model_config", "create_model",
-    "create_model_and_transforms", "eval_transform", "get_model_config", "get_tokenizer",
+    "TripartiteCLIP", "UnknownModelError", "VISIONCLIP", "VISIONCLIP_TINY", "add_model_config", "create_model",
+    "create_model_and_transforms", "create_tripartite_model", "eval_transform", "get_model_config", "get_tokenizer",
     "list_models", "list_towers", "load_pretrained", "train_transform",
 ]

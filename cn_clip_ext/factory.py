@@ -8,6 +8,7 @@ own :class:`cn_clip.clip.model.CLIP`, randomly initialised, in fp32.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from dataclasses import dataclass
@@ -147,12 +148,14 @@ def create_model(name: str, *, device: str | torch.device = "cpu", seed: int | N
                  context_length: int = 52) -> torch.nn.Module:
     """Build cn_clip's ``CLIP`` for ``name``, randomly initialised in fp32.
 
-    ``seed`` makes the initialisation reproducible without touching the global RNG.
+    ``seed`` makes the initialisation reproducible without touching the global RNG. On
+    ``device="meta"`` the model is built without allocating its weights (shapes only).
     """
     from cn_clip.clip.model import CLIP
 
     cfg = get_model_config(name, context_length)
-    with torch.random.fork_rng(devices=[]):
+    where = torch.device("meta") if torch.device(device).type == "meta" else contextlib.nullcontext()
+    with torch.random.fork_rng(devices=[]), where:
         if seed is not None:
             torch.manual_seed(seed)
         model = CLIP(**cfg.clip_kwargs())

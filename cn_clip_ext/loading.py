@@ -1,22 +1,31 @@
-"""Load a model from a checkpoint file: our training checkpoints and cn_clip-format ``.pt`` files.
+"""Load a model from a checkpoint file: our training checkpoints (CLIP or tripartite), cn_clip-format
+``.pt`` files and RET-CLIP's released weights.
 
 Everything is read with ``torch.load(weights_only=True)``: a file that needs arbitrary
-unpickling is refused, never executed.
+unpickling is refused, never executed. The file's format is recognised by :data:`FORMATS`
+(first match wins): our checkpoints and cn_clip's must fit the architecture exactly; RET-CLIP
+state dicts (bare or under ``state_dict``, with or without ``module.``) are mapped to
+:class:`~cn_clip_ext.tripartite.TripartiteCLIP` by name, missing and unexpected keys are logged,
+and nothing matching is an error.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
 from .errors import UserError
 from .factory import UnknownModelError, add_model_config, create_model, get_model_config
 from .training.checkpoint import load_checkpoint, strip_module
+from .tripartite import create_tripartite_model, is_tripartite_state, retclip_state_to_ours
 
 logger = logging.getLogger(__name__)
+
+RETCLIP_MODEL = "ViT-B-16@RoBERTa-wwm-ext-base-chinese"
+"""The architecture of RET-CLIP's released weights (used when a RET-CLIP file is given no model name)."""
 
 
 @dataclass(frozen=True)
@@ -28,6 +37,7 @@ class LoadedCheckpoint:
     config: Mapping[str, Any] = field(default_factory=dict)  # the saved training config ({} for cn_clip's)
     step: int | None = None
     epoch: int | None = None
+    format: str = "visionclip"  # a name in FORMATS
 
     @property
     def is_visionclip(self) -> bool:
@@ -55,21 +65,27 @@ def _register_towers(config: Mapping[str, Any], path: Path) -> None:
             add_model_config(folder)
 
 
-def load_checkpoint_full(path: str | Path, model_name: str | None = None,
-                         device: str | torch.device = "cpu") -> LoadedCheckpoint:
-    """Build the model of a checkpoint (eval mode, fp32) and keep its config, step and epoch."""
-    ckpt = load_checkpoint(path)
-    config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
-    name = model_name or config.get("model")
-    if not name:
-        raise UserError(f"{path}: the checkpoint does not record its architecture; pass the model name "
-                        "(e.g. RN50@RoBERTa-wwm-ext-base-chinese)")
-    _register_towers(config, Path(path))
-    try:
-        model = create_model(name, context_length=int(config.get("context_length") or 52))
-    except (UnknownModelError, ValueError) as exc:
-        raise UserError(f"{path}: {exc}") from None
-    state = {k: v for k, v in strip_module(ckpt["state_dict"]).items() if "bert.pooler" not in k}
+@dataclass(frozen=True)
+class CheckpointFormat:
+    """One kind of checkpoint file: how to recognise it and how strictly its weights must fit."""
+
+    name: str
+    matches: Callable[[Mapping[str, Any], Mapping[str, Any]], bool]  # (file contents, state dict)
+    strict: bool
+    default_model: str | None = None
+    rename: Callable[[Mapping[str, torch.Tensor]], dict[str, torch.Tensor]] = dict
+
+
+FORMATS: tuple[CheckpointFormat, ...] = (
+    CheckpointFormat("visionclip", lambda ckpt, state: bool(ckpt.get("config")), strict=True),
+    CheckpointFormat("retclip", lambda ckpt, state: is_tripartite_state(state), strict=False,
+                     default_model=RETCLIP_MODEL, rename=retclip_state_to_ours),
+    CheckpointFormat("cn_clip", lambda ckpt, state: True, strict=True),
+)
+"""Checkpoint formats in matching order (our trainer's first, cn_clip's as the fallback)."""
+
+
+def _load_strict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], path: str | Path, name: str) -> None:
     result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if "bert.pooler" not in k]
     if len(state) == len(result.unexpected_keys):
@@ -78,8 +94,51 @@ def load_checkpoint_full(path: str | Path, model_name: str | None = None,
         example = (missing or result.unexpected_keys)[0]
         raise UserError(f"{path}: weights do not fit {name} ({len(missing)} missing, "
                         f"{len(result.unexpected_keys)} unexpected, e.g. {example!r})")
+
+
+def _load_lenient(model: torch.nn.Module, state: Mapping[str, torch.Tensor], path: str | Path, name: str) -> None:
+    """Load every key whose name and shape fit; log the rest; nothing fitting is an error."""
+    own = model.state_dict()
+    wrong_shape = sorted(k for k, v in state.items() if k in own and tuple(own[k].shape) != tuple(v.shape))
+    fitting = {k: v for k, v in state.items() if k in own and k not in wrong_shape}
+    if not fitting:
+        raise UserError(f"{path}: no weights match architecture {name} ({len(state)} keys in the file, e.g. "
+                        f"{next(iter(state), '')!r})")
+    result = model.load_state_dict(fitting, strict=False)
+    unexpected = sorted(k for k in state if k not in own)
+    logger.info("%s: loaded %d of %d tensors of %s", path, len(fitting), len(own), name)
+    for label, keys in (("missing (left as initialised)", result.missing_keys), ("unexpected (ignored)", unexpected),
+                        ("of another shape (ignored)", wrong_shape)):
+        if keys:
+            logger.warning("%s: %d keys %s, e.g. %s", path, len(keys), label, ", ".join(keys[:5]))
+
+
+def load_checkpoint_full(path: str | Path, model_name: str | None = None,
+                         device: str | torch.device = "cpu") -> LoadedCheckpoint:
+    """Build the model of a checkpoint (eval mode, fp32) and keep its config, step and epoch.
+
+    A state dict with RET-CLIP's heads builds a :class:`~cn_clip_ext.tripartite.TripartiteCLIP`.
+    """
+    ckpt = load_checkpoint(path, allow_bare=True)
+    config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+    raw = strip_module(ckpt["state_dict"])
+    fmt = next(f for f in FORMATS if f.matches(ckpt, raw))
+    state = {k: v for k, v in fmt.rename(raw).items() if "bert.pooler" not in k}
+    name = model_name or config.get("model") or fmt.default_model
+    if not name:
+        raise UserError(f"{path}: the checkpoint does not record its architecture; pass the model name "
+                        "(e.g. RN50@RoBERTa-wwm-ext-base-chinese)")
+    if not (model_name or config.get("model")):
+        logger.info("%s: %s weights, architecture %s assumed (pass a model name to override)", path, fmt.name, name)
+    _register_towers(config, Path(path))
+    build = create_tripartite_model if is_tripartite_state(state) else create_model
+    try:
+        model = build(name, context_length=int(config.get("context_length") or 52))
+    except (UnknownModelError, ValueError) as exc:
+        raise UserError(f"{path}: {exc}") from None
+    (_load_strict if fmt.strict else _load_lenient)(model, state, path, name)
     return LoadedCheckpoint(model.float().to(device).eval(), name, dict(config),
-                            _as_int(ckpt.get("step")), _as_int(ckpt.get("epoch")))
+                            _as_int(ckpt.get("step")), _as_int(ckpt.get("epoch")), fmt.name)
 
 
 def load_checkpoint_model(path: str | Path, model_name: str | None = None,
@@ -87,7 +146,8 @@ def load_checkpoint_model(path: str | Path, model_name: str | None = None,
     """``(model in eval mode, architecture name)`` from a checkpoint.
 
     The architecture comes from the checkpoint's saved training config, else ``model_name``
-    (needed for cn_clip's own checkpoints, which do not record it).
+    (needed for cn_clip's own checkpoints, which do not record it), else :data:`RETCLIP_MODEL`
+    for RET-CLIP weights.
     """
     loaded = load_checkpoint_full(path, model_name, device)
     return loaded.model, loaded.name

@@ -24,6 +24,7 @@ from .errors import UserError
 from .factory import ModelConfig
 from .tokenizer import Tokenizer
 from .transforms import PREPROCESS_MODES, eval_transform
+from .tripartite import TripartiteCLIP
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,8 @@ class VisionCLIPModel(nn.Module):
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """L2-normalised image embeddings of a preprocessed batch."""
         self.require_tower("image")
+        if isinstance(self.clip, TripartiteCLIP):  # the single-eye head decides the space
+            return F.normalize(self.clip.encode_image(images.to(self.device)).float(), dim=-1)
         visual = self.clip.visual
         x = images.to(device=self.device, dtype=visual.conv1.weight.dtype)
         return F.normalize(visual(x).float(), dim=-1)
@@ -83,6 +86,8 @@ class VisionCLIPModel(nn.Module):
         self.require_tower("text")
         ids = texts if torch.is_tensor(texts) else self.tokenizer(texts)
         ids = ids.to(self.device)
+        if isinstance(self.clip, TripartiteCLIP):
+            return F.normalize(self.clip.encode_text(ids).float(), dim=-1)
         bert = self.clip.bert
         dtype = self.clip.text_projection.dtype
         pad = self.clip.tokenizer.vocab["[PAD]"]

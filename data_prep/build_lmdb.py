@@ -3,6 +3,7 @@
     vclip-build-lmdb /data/SynFundus-1M --out /data/lmdb
     vclip-build-lmdb --csv ann.csv --image-root imgs --image-col path --text-col caption --out lmdb
     vclip-build-lmdb --out /data/lmdb --verify          # digest and check a finished build
+    vclip-build-lmdb --patients data/synth/patients --out /data/lmdb-patients   # RET-CLIP, patients.csv
 
 Re-running the same command resumes an interrupted build; the result is identical to an
 uninterrupted one (compare the ``--verify`` digests).
@@ -19,8 +20,9 @@ from typing import Sequence
 from cn_clip_ext.cli import run_program, setup_logging
 from cn_clip_ext.data.lmdb_digest import verify_output
 from cn_clip_ext.data.lmdb_writer import BuildConfig, build_lmdb
+from cn_clip_ext.data.schema import PATIENT_COLUMNS, PATIENTS_CSV
 from cn_clip_ext.data.splits import SplitRatios
-from cn_clip_ext.data.validate import ImageOptions, InputSpec
+from cn_clip_ext.data.validate import PATIENTS_KIND, ImageOptions, InputSpec
 from cn_clip_ext.errors import UserError
 
 PROG = "vclip-build-lmdb"
@@ -32,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG, description=__doc__.split("\n\n")[0].split(": ", 1)[1],
         epilog="Outputs: OUT/{train,valid,test}/{imgs,pairs,labels.csv}, OUT/splits.csv, OUT/rejects.csv, "
                "OUT/summary.json, OUT/manifest.json. Bad rows go to rejects.csv with a reason; "
-               "they never stop the build.",
+               "they never stop the build. A CSV with the columns " + ", ".join(PATIENT_COLUMNS) + " (or "
+               "--patients) builds a patient-level (RET-CLIP) LMDB: one record per patient with both eyes.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     src = p.add_argument_group("input (a SynFundus-1M root, or a generic CSV)")
     src.add_argument("root", nargs="?", type=Path,
@@ -43,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--image-col", default="file_name", help="column with the image path (generic CSV)")
     src.add_argument("--text-col", default="diagnosticAdvice", help="column with the caption (generic CSV)")
     src.add_argument("--encoding", help="CSV encoding (default: detect UTF-8, UTF-8 with BOM, UTF-16, GBK)")
+    src.add_argument("--patients", action="store_true",
+                     help=f"patient-level rows ({', '.join(PATIENT_COLUMNS)}); ROOT is then a folder holding "
+                          f"{PATIENTS_CSV} (default: detected from the CSV's columns)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     split = p.add_argument_group("splits and shards")
     split.add_argument("--split", default="8:1:1", help="train:valid:test ratios")
@@ -71,13 +77,18 @@ def build_parser() -> argparse.ArgumentParser:
 def _input(args: argparse.Namespace) -> InputSpec | None:
     if args.root is not None and args.csv is not None:
         raise UserError("give either a SynFundus ROOT or --csv, not both")
+    kind = PATIENTS_KIND if args.patients else None
+    if args.root is not None and args.patients:
+        if not args.root.is_dir():
+            raise UserError(f"{args.root}: no such folder (expected one holding {PATIENTS_CSV})")
+        return InputSpec(args.root / PATIENTS_CSV, args.image_root or args.root, encoding=args.encoding, kind=kind)
     if args.root is not None:
         if not args.root.is_dir():
             raise UserError(f"{args.root}: no such SynFundus-1M folder")
         return dataclasses.replace(InputSpec.synfundus(args.root), encoding=args.encoding)
     if args.csv is not None:
         return InputSpec(args.csv, args.image_root or args.csv.parent, args.image_col, args.text_col,
-                         encoding=args.encoding)
+                         encoding=args.encoding, kind=kind)
     return None
 
 

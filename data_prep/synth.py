@@ -5,6 +5,7 @@ Examples::
     vclip-synth data/synth --n-images 2000 --n-eval 200 --workers 4
     vclip-synth data/synth --n-images 500 --no-eval           # corpus only
     vclip-synth data/synth --no-corpus --eval-sets refuge     # one evaluation set
+    vclip-synth data/synth --no-corpus --no-eval --patients 500   # paired eyes + reports (RET-CLIP)
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from cn_clip_ext.cli import run_program, setup_logging
-from cn_clip_ext.data.schema import EVAL_LAYOUTS, SYNFUNDUS_CSV, SYNFUNDUS_IMAGE_DIR
+from cn_clip_ext.data.schema import EVAL_LAYOUTS, PATIENTS_CSV, PATIENTS_DIR, SYNFUNDUS_CSV, SYNFUNDUS_IMAGE_DIR
 from cn_clip_ext.data.synth import ID_OFFSET, SynthConfig, generate
 from cn_clip_ext.errors import UserError
 
@@ -31,7 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "captions) and MESSIDOR-2, FIVES and REFUGE lookalikes in their published layouts. "
                     "The same seed always gives byte-identical files.",
         epilog=f"Layout: OUT_DIR/{SYNFUNDUS_IMAGE_DIR}/{{id}}.png, OUT_DIR/{SYNFUNDUS_CSV}, "
-               + ", ".join(f"OUT_DIR/{lay.folder}/" for lay in EVAL_LAYOUTS.values()) + ".",
+               + ", ".join(f"OUT_DIR/{lay.folder}/" for lay in EVAL_LAYOUTS.values())
+               + f"; with --patients, OUT_DIR/{PATIENTS_DIR}/{PATIENTS_CSV} (patient_id, left_image, "
+                 "right_image, report) and its eye photos.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("out_dir", metavar="OUT_DIR", help="folder to write into (created if missing)")
@@ -45,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--low-quality-rate", type=float, default=0.06, metavar="P",
                    help="share of blurred/dark/hazy corpus photos")
     p.add_argument("--id-offset", type=int, default=ID_OFFSET, metavar="K", help="first corpus image id")
+    p.add_argument("--patients", type=int, default=0, metavar="N",
+                   help="also write N patients (both eyes, one report each) for RET-CLIP mode")
+    p.add_argument("--missing-eye-rate", type=float, default=0.1, metavar="P",
+                   help="share of patients with one eye photo missing")
     p.add_argument("--eval-sets", nargs="+", default=list(EVAL_LAYOUTS), choices=list(EVAL_LAYOUTS),
                    metavar="NAME", help=f"evaluation sets to write, of {', '.join(EVAL_LAYOUTS)}")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation sets")
@@ -63,6 +70,8 @@ def _validate(args: argparse.Namespace) -> None:
         ("--size", args.size, args.size >= 32, "at least 32 pixels"),
         ("--workers", args.workers, args.workers >= 1, ">= 1"),
         ("--id-offset", args.id_offset, args.id_offset >= 0, ">= 0"),
+        ("--patients", args.patients, args.patients >= 0, ">= 0"),
+        ("--missing-eye-rate", args.missing_eye_rate, 0 <= args.missing_eye_rate <= 1, "in [0, 1]"),
         ("--caption-noise", args.caption_noise, 0 <= args.caption_noise <= 1, "in [0, 1]"),
         ("--low-quality-rate", args.low_quality_rate, 0 <= args.low_quality_rate <= 1, "in [0, 1]"),
     ):
@@ -97,7 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             config = SynthConfig(n_images=args.n_images, n_eval=args.n_eval, seed=args.seed, size=args.size,
                                  caption_noise=args.caption_noise, low_quality_rate=args.low_quality_rate,
-                                 id_offset=args.id_offset)
+                                 id_offset=args.id_offset, n_patients=args.patients,
+                                 missing_eye_rate=args.missing_eye_rate)
         except ValueError as exc:
             raise UserError(str(exc)) from None
         out = Path(args.out_dir)
@@ -114,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, path in written.items():
             logger.info("%s: %s", name, path)
         if not written:
-            logger.warning("nothing to write (check --n-images/--n-eval/--no-corpus/--no-eval)")
+            logger.warning("nothing to write (check --n-images/--n-eval/--patients/--no-corpus/--no-eval)")
         return 0
 
     return run_program(PROG, body)

@@ -18,6 +18,7 @@ from cn_clip_ext.evaluation.probe import PROBE_MODES
 from cn_clip_ext.factory import UnknownModelError
 from cn_clip_ext.loading import load_checkpoint_model
 from cn_clip_ext.transforms import PREPROCESS_MODES
+from cn_clip_ext.tripartite import SINGLE_EYE_HEADS
 
 HERE = Path(__file__).resolve().parent
 PROMPTS_DIR = HERE / "prompts"
@@ -38,7 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--untrained", action="append", default=[], metavar="ARCH",
                    help="also evaluate this architecture randomly initialised (repeatable)")
     p.add_argument("--model", help="architecture of checkpoints that do not record it, e.g. "
-                                   "RN50@RoBERTa-wwm-ext-base-chinese")
+                                   "RN50@RoBERTa-wwm-ext-base-chinese (RET-CLIP weights default to "
+                                   "ViT-B-16@RoBERTa-wwm-ext-base-chinese)")
+    p.add_argument("--single-eye-head", choices=sorted(SINGLE_EYE_HEADS), default="global",
+                   help="for tripartite models (RET-CLIP weights, patient-data training): the head that embeds "
+                        "one eye image and the prompts; global (default): the patient head with the image as a "
+                        "one-eyed patient")
     p.add_argument("--data", action="append", default=[], metavar="NAME=ROOT",
                    help="a dataset of the table and its root folder (repeatable)")
     p.add_argument("--data-root", type=Path, help="a folder holding datasets under their table names "
@@ -134,6 +140,11 @@ def _models(args: argparse.Namespace):
             arch = model.vclip_config.name
         else:
             model, arch = load_checkpoint_model(path, args.model, args.device)
+        inner = getattr(model, "clip", model)
+        if hasattr(inner, "set_single_eye_head"):
+            inner.set_single_eye_head(args.single_eye_head)
+            logger.info("%s: tripartite model, single-eye head %r (%s)", path, args.single_eye_head,
+                        SINGLE_EYE_HEADS[args.single_eye_head].description)
         yield (label if sep else path), model, arch
     for arch in args.untrained:
         try:

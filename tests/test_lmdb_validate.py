@@ -84,6 +84,21 @@ def test_every_bad_row_is_rejected_with_its_reason_and_no_good_row_is_lost(bad_c
     assert summary["rejected"]["by_reason"]["wrong_mode"] == 3
     assert summary["caption_tokens"]["count"] == GOOD and summary["caption_tokens"]["min"] > 0
     assert set(summary["labels"]["dr_grade"]) <= {"0", "1", "2", "3", "4"}
+    assert sum(v["all"] for v in summary["labels"]["retinal_region_quality_score"].values()) == GOOD
+
+
+def test_summary_describes_fractional_scores_instead_of_counting_values():
+    from cn_clip_ext.data.lmdb_tables import _LabelCounts
+
+    counts = _LabelCounts(("dr_grade", "retinal_region_quality_score", "note"))
+    for split, grade, score, note in [("train", "0", "0.25", "a"), ("train", "2", "0.75", "1.5"),
+                                      ("test", "2", "1.0", "b")]:
+        counts.add(split, [grade, score, note])
+    out = counts.as_json()
+    assert out["dr_grade"]["2"] == {"all": 2, "train": 1, "valid": 0, "test": 1}
+    assert out["retinal_region_quality_score"]["all"] == {"count": 3, "min": 0.25, "mean": 0.666667, "max": 1.0}
+    assert out["retinal_region_quality_score"]["train"]["count"] == 2
+    assert set(out["note"]) == {"a", "1.5", "b"}  # text with a number in it is still counted
 
 
 def test_convert_modes_keeps_grey_rgba_and_16_bit(bad_corpus, tmp_path):
@@ -152,3 +167,32 @@ def test_missing_csv_and_mismatched_rebuild_are_user_errors(tmp_path):
         _build(tmp_path / "syn", tmp_path / "out", seed=1)
     _build(tmp_path / "syn", tmp_path / "out", seed=1, overwrite=True)
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["fingerprint"]["seed"] == 1
+
+
+def test_fast_png_path_decodes_like_pil_and_still_rejects_corrupted_data():
+    from cn_clip_ext.data import validate
+
+    rng = np.random.default_rng(11)
+    data = _png(fundus_image(rng))
+    options = validate.ImageOptions()
+    fast = validate.check_image(data, options)
+    idat = data.index(b"IDAT") + 8
+    corrupted = bytearray(data)
+    corrupted[idat + (len(data) - idat) // 2] ^= 0x10  # one bit inside the compressed pixels
+    truncated = data[: len(data) - 40]
+    saved, validate.pyspng = validate.pyspng, None
+    try:
+        slow = validate.check_image(data, options)
+        expected = {}
+        for name, bad in (("corrupted", bytes(corrupted)), ("truncated", truncated)):
+            with pytest.raises(validate.RowReject) as exc:
+                validate.check_image(bad, options)
+            expected[name] = exc.value.reason
+    finally:
+        validate.pyspng = saved
+    assert fast.mode == "RGB" and np.array_equal(np.asarray(fast), np.asarray(slow))
+    for name, bad in (("corrupted", bytes(corrupted)), ("truncated", truncated)):
+        with pytest.raises(validate.RowReject) as exc:
+            validate.check_image(bad, options)
+        assert exc.value.reason == expected[name], name
+    assert expected == {"corrupted": "undecodable_image", "truncated": "truncated_image"}

@@ -7,7 +7,7 @@ from skimage.data import retina
 from torchvision import transforms as T
 
 import cn_clip_ext as vc
-from cn_clip_ext.transforms import CLIP_MEAN, CLIP_STD, fov_bbox, to_normalized_tensor
+from cn_clip_ext.transforms import CLIP_MEAN, CLIP_STD, ColorJitterNormalize, fov_bbox, to_normalized_tensor
 
 
 def _disc_image(width: int, height: int, diameter: int, mode: str = "RGB") -> Image.Image:
@@ -75,8 +75,19 @@ def test_fov_bbox_falls_back_to_whole_image_when_dark():
     assert fov_bbox(_disc_image(200, 100, 80)) == pytest.approx((60, 10, 140, 90), abs=2)
 
 
+def _train_view(tf, image: Image.Image) -> torch.Tensor:
+    """One training sample as the trainer sees it: worker geometry, then the batch colour step."""
+    sample = tf(image)
+    assert sample.dtype == torch.uint8 and sample.shape == (3, tf.size, tf.size)
+    return tf.batch_transform(sample[None])[0]
+
+
 def test_training_augmentation_is_mild_and_fundus_safe():
-    tf = vc.train_transform(128, vc.AugmentConfig())
+    train_tf = vc.train_transform(128, vc.AugmentConfig())
+
+    def tf(image):
+        return _train_view(train_tf, image)
+
     photo = Image.fromarray(retina())
     ref = _fov_mask(vc.eval_transform(128)(photo)).mean()
     # a marker that reveals flips: a bright block in the left half of the field of view
@@ -99,7 +110,36 @@ def test_training_augmentation_is_mild_and_fundus_safe():
 def test_no_augmentation_equals_the_eval_transform():
     none = vc.AugmentConfig(rotation_deg=0, scale=0, translate=0, brightness=0, contrast=0, saturation=0)
     photo = Image.fromarray(retina())
-    torch.testing.assert_close(vc.train_transform(96, none)(photo), vc.eval_transform(96)(photo))
+    torch.testing.assert_close(_train_view(vc.train_transform(96, none), photo), vc.eval_transform(96)(photo))
+
+
+def _jittered_reference(image: Image.Image, brightness: float, contrast: float, saturation: float) -> torch.Tensor:
+    """The colour factors applied one at a time to one image, as their definitions say."""
+    grey_weights = np.array([0.299, 0.587, 0.114], np.float32)
+    arr = np.asarray(image, dtype=np.float32) * brightness
+    mean = float((arr @ grey_weights).mean())
+    arr = (arr - mean) * contrast + mean
+    grey = (arr @ grey_weights)[..., None]
+    arr = np.clip((arr - grey) * saturation + grey, 0.0, 255.0)
+    return to_normalized_tensor(arr)
+
+
+def test_batch_colour_jitter_equals_the_per_image_colour_factors():
+    rng = np.random.default_rng(1)
+    images = [Image.fromarray(retina()).resize((40, 40)),
+              Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))]
+    batch = torch.stack([torch.from_numpy(np.array(im)).permute(2, 0, 1) for im in images])
+    factors = torch.tensor([[1.2, 0.8, 1.1], [0.85, 1.15, 0.9]])
+    expected = torch.stack([_jittered_reference(im, *f.tolist()) for im, f in zip(images, factors)])
+    torch.testing.assert_close(ColorJitterNormalize.apply(batch, factors), expected, atol=1e-5, rtol=1e-5)
+    jitter = vc.train_transform(40).batch_transform
+    gen = torch.Generator().manual_seed(3)
+    drawn = jitter.draw(1000, gen)
+    assert drawn.min(0).values.tolist() == pytest.approx([0.8, 0.8, 0.9], abs=0.01)  # AugmentConfig's ranges
+    assert drawn.max(0).values.tolist() == pytest.approx([1.2, 1.2, 1.1], abs=0.01)
+    out1 = jitter(batch, torch.Generator().manual_seed(7))
+    torch.testing.assert_close(out1, jitter(batch, torch.Generator().manual_seed(7)))  # reproducible per seed
+    assert out1.dtype == torch.float32 and not torch.equal(out1, jitter(batch, torch.Generator().manual_seed(8)))
 
 
 def test_normalisation_matches_torchvision():

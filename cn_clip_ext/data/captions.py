@@ -2,15 +2,16 @@
 
 One sentence per finding, several phrasings each (picked by the RNG), concatenated in a fixed
 order. Every phrase of a finding contains one of its :data:`~.schema.CAPTION_KEYWORDS`.
+:func:`make_patient_report` joins two eyes' captions into a patient report (``右眼：…；左眼：…。``).
 """
 from __future__ import annotations
 
 from types import MappingProxyType
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 
-from .schema import FINDINGS, LOW_QUALITY_SCORE
+from .schema import EYE_NAMES_CN, FINDINGS, LOW_QUALITY_SCORE
 
 NORMAL_PHRASES: tuple[str, ...] = (
     "未见明显异常。",
@@ -18,6 +19,10 @@ NORMAL_PHRASES: tuple[str, ...] = (
     "视网膜未见明显病变。",
     "双眼底检查未见明显异常，建议定期体检。",
 )
+EYE_NORMAL_PHRASES: tuple[str, ...] = NORMAL_PHRASES[:3]
+"""Normal phrases that fit one eye (no "双眼")."""
+BOTH_NORMAL_PHRASES: tuple[str, ...] = ("双眼眼底未见明显异常。", "双眼未见明显异常，建议定期复查。")
+"""A whole report for a patient whose eyes are both normal (used half of the time)."""
 
 DR_PHRASES: Mapping[int, tuple[str, ...]] = MappingProxyType({
     1: ("糖尿病视网膜病变（轻度非增殖期），建议定期复查。",
@@ -77,11 +82,12 @@ def present_findings(labels: Mapping[str, object]) -> list[str]:
     return [f for f in CAPTION_ORDER if (int(labels["dr_grade"]) > 0 if f == "dr" else int(labels[f]))]
 
 
-def make_caption(labels: Mapping[str, object], rng: np.random.Generator, noise: float = 0.03) -> str:
+def make_caption(labels: Mapping[str, object], rng: np.random.Generator, noise: float = 0.03,
+                 normal: Sequence[str] = NORMAL_PHRASES) -> str:
     """Caption for a label row; with probability ``noise`` one finding is dropped or swapped.
 
     A swap replaces a finding by an absent one (a caption error); a dropped last finding leaves
-    a "normal" sentence. Low-quality photos get a closing quality remark.
+    a "normal" sentence (one of ``normal``). Low-quality photos get a closing quality remark.
     """
     findings = present_findings(labels)
     grade = int(labels["dr_grade"])
@@ -99,10 +105,25 @@ def make_caption(labels: Mapping[str, object], rng: np.random.Generator, noise: 
     if findings:
         parts = [_pick(_phrases(f, grade), rng) for f in findings]
     else:
-        parts = [_pick(NORMAL_PHRASES, rng)]
+        parts = [_pick(tuple(normal), rng)]
     if float(labels["retinal_region_quality_score"]) < LOW_QUALITY_SCORE:
         parts.append(_pick(LOW_QUALITY_PHRASES, rng))
     return "".join(parts)
+
+
+def make_patient_report(eyes: Mapping[str, Mapping[str, object]], rng: np.random.Generator,
+                        noise: float = 0.03) -> str:
+    """A patient's report from the label rows of their eyes (``{"right": ..., "left": ...}``).
+
+    Each eye's caption (as :func:`make_caption`, with its own noise draw) becomes one clause,
+    right eye first: ``右眼：…；左眼：…。``. When every eye is normal and well imaged, half of the
+    reports say so in one sentence instead (``双眼…未见明显异常``).
+    """
+    order = [eye for eye in EYE_NAMES_CN if eye in eyes]
+    clauses = {eye: make_caption(eyes[eye], rng, noise, EYE_NORMAL_PHRASES) for eye in order}
+    if len(order) == 2 and all(c in EYE_NORMAL_PHRASES for c in clauses.values()) and rng.random() < 0.5:
+        return _pick(BOTH_NORMAL_PHRASES, rng)
+    return "；".join(f"{EYE_NAMES_CN[eye]}：{clauses[eye].rstrip('。').replace('。', '，')}" for eye in order) + "。"
 
 
 def _pick(options: tuple[str, ...], rng: np.random.Generator) -> str:

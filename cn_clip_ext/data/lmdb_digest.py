@@ -3,6 +3,7 @@
 The digest is SHA-256 over every key and value of the six databases (split by split, ``imgs``
 then ``pairs``, keys in LMDB order) and then over the side tables. It depends on content only,
 not on LMDB page layout, so an interrupted-and-resumed build and an uninterrupted one agree.
+Records are checked in the shape of the build's kind (pairs, or patients: see the manifest).
 """
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from .lmdb_reader import safe_loads_pair
+from .lmdb_reader import safe_loads_pair, safe_loads_patient
 from .lmdb_store import IMGS, NUM_IMAGES, NUM_SAMPLES, PAIRS, readonly
-from .lmdb_tables import LABELS_TABLE, MANIFEST, SIDE_TABLES
+from .lmdb_tables import LABELS_TABLE, MANIFEST, SIDE_TABLES, read_kind
 from .splits import SPLITS
+from .validate import PATIENTS_KIND
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +45,15 @@ def _hash_part(h, tag: bytes, data: bytes) -> None:
     h.update(data)
 
 
-def _check_split(split_dir: Path, h) -> list[str]:
+def _image_ids(value: bytes, record_kind: str | None) -> list[int | str]:
+    """The image ids a ``pairs`` record refers to (raises on a record of the wrong shape)."""
+    if record_kind == PATIENTS_KIND:
+        rec = safe_loads_patient(value)
+        return [i for i in (rec.left_image_id, rec.right_image_id) if i >= 0]
+    return [safe_loads_pair(value).image_id]
+
+
+def _check_split(split_dir: Path, h, record_kind: str | None = None) -> list[str]:
     """Hash one split's databases and check their counts and cross references."""
     problems: list[str] = []
     image_keys: set[bytes] = set()
@@ -67,12 +77,14 @@ def _check_split(split_dir: Path, h) -> list[str]:
                         image_keys.add(key)
                         continue
                     try:
-                        rec = safe_loads_pair(value)
+                        ids = _image_ids(value, record_kind)
                     except Exception as exc:  # noqa: BLE001 - any bad record is a finding
-                        problems.append(f"{path}: record {key!r} is not a safe pair ({exc})")
+                        what = "patient record" if record_kind == PATIENTS_KIND else "pair"
+                        problems.append(f"{path}: record {key!r} is not a safe {what} ({exc})")
                         continue
-                    if str(rec.image_id).encode() not in image_keys:
-                        problems.append(f"{path}: record {key!r} names missing image {rec.image_id}")
+                    for image_id in ids:
+                        if str(image_id).encode() not in image_keys:
+                            problems.append(f"{path}: record {key!r} names missing image {image_id}")
         if counts.get(count_key) != n:
             problems.append(f"{path}: {count_key.decode()} is {counts.get(count_key)}, found {n} records")
     return problems
@@ -86,8 +98,9 @@ def verify_output(out: str | Path) -> VerifyReport:
     for folder in output_folders(out):
         if not (folder / MANIFEST).is_file():
             problems.append(f"{folder}: no {MANIFEST} (build unfinished or not a build folder)")
+        record_kind = read_kind(folder)
         for split in SPLITS:
-            problems += _check_split(folder / split, h)
+            problems += _check_split(folder / split, h, record_kind)
         tables = [folder / s / LABELS_TABLE for s in SPLITS] + [folder / t for t in SIDE_TABLES]
         for path in tables:
             if path.is_file():

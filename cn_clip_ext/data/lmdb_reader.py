@@ -1,11 +1,14 @@
 """Read Chinese-CLIP LMDB splits safely and lazily.
 
 ``pairs`` values are pickles, and ``pickle.loads`` on a file from elsewhere can run any code.
-:func:`safe_loads_pair` unpickles with a :class:`RestrictedUnpickler` that resolves no globals at
-all (so no callable can be reached) and then accepts only tuples, ``str`` and ``int``.
+:func:`safe_loads_pair` and :func:`safe_loads_patient` unpickle with a :class:`RestrictedUnpickler`
+that resolves no globals at all (so no callable can be reached) and then accept only tuples,
+``str`` and ``int`` in the record's shape.
 
-:class:`LmdbPairDataset` opens its environments on first use in each process (each DataLoader
-worker gets its own handles) and returns ``(image_tensor, token_ids)``.
+:class:`LmdbPairDataset` (one image per sample) and :class:`LmdbPatientDataset` (RET-CLIP: both
+eyes of a patient per sample) open their environments on first use in each process (each
+DataLoader worker gets its own handles); :func:`open_lmdb_dataset` picks the class a build's
+manifest names.
 """
 from __future__ import annotations
 
@@ -19,18 +22,19 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Mapping, NamedTuple
 
+import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
 from ..tokenizer import Tokenizer
-from ..transforms import eval_transform
+from ..transforms import eval_transform, open_rgb
 from .lmdb_store import IMGS, NUM_IMAGES, NUM_SAMPLES, PAIRS, acquire_readonly, readonly, release_readonly
-from .lmdb_tables import LABELS_TABLE
-from .validate import normalize_caption
+from .lmdb_tables import LABELS_TABLE, read_kind
+from .validate import PAIRS_KIND, PATIENTS_KIND, normalize_caption
 
 
 class UnsafeRecordError(pickle.UnpicklingError):
-    """A ``pairs`` record that is not a plain ``(image_id, text_id, text)`` tuple."""
+    """A ``pairs`` record that is not a plain tuple of the expected shape."""
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -55,20 +59,46 @@ class PairRecord(NamedTuple):
     text: str
 
 
+def _restricted_load(data: bytes) -> Any:
+    return RestrictedUnpickler(io.BytesIO(bytes(data))).load()
+
+
 def safe_loads_pair(data: bytes) -> PairRecord:
     """Unpickle a ``pairs`` value: ``(image_id, text_id, text)`` of ``int``/``str`` or raise."""
-    obj = RestrictedUnpickler(io.BytesIO(bytes(data))).load()
+    obj = _restricted_load(data)
     if not _plain(obj) or len(obj) != 3 or type(obj[2]) is not str:
         raise UnsafeRecordError(f"expected (image_id, text_id, text), got {type(obj).__name__}")
     return PairRecord(*obj)
 
 
-class LmdbPairDataset(Dataset):
-    """One split of a Chinese-CLIP LMDB (``split_dir`` holds ``imgs/`` and ``pairs/``).
+class PatientRecord(NamedTuple):
+    patient_id: str
+    left_image_id: int
+    """``-1`` when the left eye is not stored."""
+    right_image_id: int
+    report: str
 
-    ``dataset[i]`` is ``(transform(image), token_ids)``; :meth:`record`, :meth:`image` and
-    :meth:`labels` give the raw caption, the decoded image and the side-table labels.
-    """
+
+def safe_loads_patient(data: bytes) -> PatientRecord:
+    """Unpickle a patient ``pairs`` value: ``(patient_id, left_image_id, right_image_id, report)``
+    with ``str`` id and report, ``int`` image ids (``-1``: no image, not both), or raise."""
+    obj = _restricted_load(data)
+    shape_ok = (_plain(obj) and len(obj) == 4 and type(obj[0]) is str and type(obj[3]) is str
+                and type(obj[1]) is int and type(obj[2]) is int and obj[1] >= -1 and obj[2] >= -1)
+    if not shape_ok:
+        raise UnsafeRecordError(f"expected (patient_id, left_image_id, right_image_id, report), "
+                                f"got {type(obj).__name__}")
+    if obj[1] < 0 and obj[2] < 0:
+        raise UnsafeRecordError(f"patient {obj[0]!r} has no eye image")
+    return PatientRecord(*obj)
+
+
+class _LmdbSplit(Dataset):
+    """What every LMDB split reader shares: lazy per-process handles, counts, images, tokens."""
+
+    kind = ""
+    label_key = "image_id"
+    """The ``labels.csv`` column that :meth:`labels` looks rows up by."""
 
     def __init__(self, split_dir: str | Path, transform: Callable[[Image.Image], Any] | None = None,
                  tokenizer: Tokenizer | None = None, *, token_cache: int = 4096):
@@ -127,14 +157,13 @@ class LmdbPairDataset(Dataset):
     def __len__(self) -> int:
         return self.num_samples
 
-    def record(self, index: int) -> PairRecord:
-        """The raw ``(image_id, text_id, text)`` of sample ``index``."""
+    def _raw_record(self, index: int) -> bytes:
         if not 0 <= index < self.num_samples:
             raise IndexError(index)
         raw = self._txn(PAIRS).get(str(index).encode())
         if raw is None:
             raise KeyError(f"{self.split_dir}: no pair {index}")
-        return safe_loads_pair(raw)
+        return raw
 
     def image_bytes(self, image_id: int | str) -> bytes:
         """The stored (encoded, not base64) bytes of an image."""
@@ -143,13 +172,14 @@ class LmdbPairDataset(Dataset):
             raise KeyError(f"{self.split_dir}: no image {image_id}")
         return base64.urlsafe_b64decode(bytes(raw))
 
-    def image(self, index: int) -> Image.Image:
-        """The decoded RGB image of sample ``index``."""
-        return self._decode(self.record(index).image_id)
+    def _decode(self, image_id: int | str, min_size: int | None = None) -> Image.Image:
+        return open_rgb(io.BytesIO(self.image_bytes(image_id)), min_size)
 
-    def _decode(self, image_id: int | str) -> Image.Image:
-        image = Image.open(io.BytesIO(self.image_bytes(image_id)))
-        return image if image.mode == "RGB" else image.convert("RGB")
+    def _transformed(self, image_id: int | str) -> Any:
+        """``transform`` of an image; JPEGs decode at a reduced scale no less than twice the
+        transform's ``size`` when it has one (see :func:`~cn_clip_ext.transforms.open_rgb`)."""
+        size = getattr(self.transform, "size", None)
+        return self.transform(self._decode(image_id, 2 * size if isinstance(size, int) else None))
 
     def _tokenize(self, text: str):
         return self.tokenizer(normalize_caption(text))[0]
@@ -159,19 +189,118 @@ class LmdbPairDataset(Dataset):
         self._txn(PAIRS)
         return self._tokens(text)
 
+    def _label_row(self, key: object) -> Mapping[str, str]:
+        if self._labels is None:
+            self._labels = read_labels(self.split_dir, self.label_key)
+        return self._labels[str(key)]
+
+
+class LmdbPairDataset(_LmdbSplit):
+    """One split of a Chinese-CLIP LMDB (``split_dir`` holds ``imgs/`` and ``pairs/``).
+
+    ``dataset[i]`` is ``(transform(image), token_ids)``; :meth:`record`, :meth:`image` and
+    :meth:`labels` give the raw caption, the decoded image and the side-table labels.
+    """
+
+    kind = PAIRS_KIND
+
+    def record(self, index: int) -> PairRecord:
+        """The raw ``(image_id, text_id, text)`` of sample ``index``."""
+        return safe_loads_pair(self._raw_record(index))
+
+    def image(self, index: int) -> Image.Image:
+        """The decoded RGB image of sample ``index``."""
+        return self._decode(self.record(index).image_id)
+
     def labels(self, index: int) -> Mapping[str, str]:
         """The side-table row (``image_id``, ``file_name`` and every label) of sample ``index``."""
-        if self._labels is None:
-            self._labels = read_labels(self.split_dir)
-        return self._labels[str(self.record(index).image_id)]
+        return self._label_row(self.record(index).image_id)
 
     def __getitem__(self, index: int):
         rec = self.record(index)
-        return self.transform(self._decode(rec.image_id)), self.tokens(rec.text)
+        return self._transformed(rec.image_id), self.tokens(rec.text)
 
 
-def read_labels(split_dir: str | Path) -> Mapping[str, Mapping[str, str]]:
-    """``labels.csv`` of a split as a read-only mapping ``image_id -> {column: value}``."""
+PatientItem = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+"""``(left_image, right_image, has_left, has_right, token_ids)``."""
+
+
+def patient_item(left: torch.Tensor | None, right: torch.Tensor | None, tokens: torch.Tensor) -> PatientItem:
+    """A patient sample from its eye tensors; a missing eye becomes zeros shaped like the other
+    with its ``has_*`` flag ``False`` (at least one eye must be given)."""
+    like = left if left is not None else right
+    if like is None:
+        raise ValueError("a patient needs at least one eye image")
+    return (torch.zeros_like(like) if left is None else left, torch.zeros_like(like) if right is None else right,
+            torch.tensor(left is not None), torch.tensor(right is not None), tokens)
+
+
+class LmdbPatientDataset(_LmdbSplit):
+    """One split of a patient-level (RET-CLIP) LMDB: each sample is one patient's two eyes and report.
+
+    ``dataset[i]`` is ``(left_image, right_image, has_left, has_right, token_ids)``: image tensors
+    ``[3, H, W]`` from ``transform``, 0-d bool tensors, the report's token ids. A missing eye is a
+    zero tensor with its flag ``False``; use only present eyes. :meth:`record`, :meth:`images` and
+    :meth:`labels` give the raw record, the decoded eyes and the patient's side-table row.
+    """
+
+    kind = PATIENTS_KIND
+    label_key = "patient_id"
+
+    def record(self, index: int) -> PatientRecord:
+        """The raw ``(patient_id, left_image_id, right_image_id, report)`` of sample ``index``."""
+        return safe_loads_patient(self._raw_record(index))
+
+    def images(self, index: int) -> tuple[Image.Image | None, Image.Image | None]:
+        """The decoded RGB ``(left, right)`` eye images of sample ``index`` (``None``: missing)."""
+        rec = self.record(index)
+        return tuple(self._decode(i) if i >= 0 else None  # type: ignore[return-value]
+                     for i in (rec.left_image_id, rec.right_image_id))
+
+    def labels(self, index: int) -> Mapping[str, str]:
+        """The side-table row (``patient_id``, ``sample_id``, eye images and every label) of ``index``."""
+        return self._label_row(self.record(index).patient_id)
+
+    def __getitem__(self, index: int) -> PatientItem:
+        rec = self.record(index)
+        left, right = (self._transformed(i) if i >= 0 else None
+                       for i in (rec.left_image_id, rec.right_image_id))
+        return patient_item(left, right, self.tokens(rec.report))
+
+
+def read_labels(split_dir: str | Path, key: str = "image_id") -> Mapping[str, Mapping[str, str]]:
+    """``labels.csv`` of a split as a read-only mapping ``row[key] -> {column: value}``."""
     path = Path(split_dir) / LABELS_TABLE
     with open(path, encoding="utf-8", newline="") as fh:
-        return MappingProxyType({row["image_id"]: MappingProxyType(row) for row in csv.DictReader(fh)})
+        return MappingProxyType({row[key]: MappingProxyType(row) for row in csv.DictReader(fh)})
+
+
+DATASETS: Mapping[str, type[_LmdbSplit]] = MappingProxyType({PAIRS_KIND: LmdbPairDataset,
+                                                             PATIENTS_KIND: LmdbPatientDataset})
+
+
+def dataset_kind(split_dir: str | Path) -> str:
+    """``"pairs"`` or ``"patients"``: from the build's manifest (the split folder's parent), else
+    from the shape of the first record."""
+    split_dir = Path(split_dir)
+    kind = read_kind(split_dir.parent)
+    if kind is not None:
+        if kind not in DATASETS:
+            raise ValueError(f"{split_dir.parent}: unknown record kind {kind!r} in the manifest")
+        return kind
+    with readonly(split_dir / PAIRS) as env, env.begin() as txn:
+        raw = txn.get(b"0")
+    if raw is not None:
+        try:
+            safe_loads_patient(raw)
+            return PATIENTS_KIND
+        except UnsafeRecordError:
+            pass
+    return PAIRS_KIND
+
+
+def open_lmdb_dataset(split_dir: str | Path, transform: Callable[[Image.Image], Any] | None = None,
+                      tokenizer: Tokenizer | None = None, **kwargs: Any) -> LmdbPairDataset | LmdbPatientDataset:
+    """The reader for one split of any build: :class:`LmdbPatientDataset` for a patient-level
+    build, else :class:`LmdbPairDataset` (check ``dataset.kind``)."""
+    return DATASETS[dataset_kind(split_dir)](split_dir, transform, tokenizer, **kwargs)  # type: ignore[return-value]

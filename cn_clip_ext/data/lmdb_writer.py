@@ -12,10 +12,13 @@ Output (per shard; the shard folder is ``out`` itself without sharding)::
     out/summary.json                 counts per split / label / reject reason, caption token stats
     out/manifest.json                the config and input identity; written last ("complete")
 
-exactly the layout ``cn_clip.training.data.LMDBDataset`` reads. Rows stream through a process
-pool (decode, check, resize, re-encode) in CSV order, a bounded number of blocks in flight; the
-parent writes each block in one transaction per database, then records it in the journal
-(:mod:`.lmdb_journal`), which makes the build resumable.
+exactly the layout ``cn_clip.training.data.LMDBDataset`` reads. A patient-level CSV (RET-CLIP:
+``patient_id, left_image, right_image, report``) gives the same folders with one patient per
+``pairs`` record and ``"kind": "patients"`` in the manifest (see :mod:`.lmdb_records`).
+
+Rows stream through a process pool (decode, check, resize, re-encode) in CSV order, a bounded
+number of blocks in flight; the parent writes each block in one transaction per database, then
+records it in the journal (:mod:`.lmdb_journal`), which makes the build resumable.
 """
 from __future__ import annotations
 
@@ -24,7 +27,6 @@ import json
 import logging
 import multiprocessing as mp
 import os
-import pickle
 import shutil
 import time
 from collections import deque
@@ -36,17 +38,17 @@ from tqdm import tqdm
 
 from ..errors import UserError, where
 from .lmdb_journal import BUILD_DIR, Cursor, Journal, RowOutcome
+from .lmdb_records import Item, RecordKind, record_kind
 from .lmdb_store import IMGS, NUM_IMAGES, NUM_SAMPLES, PAIRS, open_writable, put_all
 from .lmdb_tables import MANIFEST, SIDE_TABLES, write_side_tables
-from .splits import SPLITS, SplitRatios, shard_of, split_of
+from .splits import SPLITS, SplitRatios, shard_of
 from .validate import (
-    DUPLICATE_FILE_NAME, EMPTY_CAPTION, EMPTY_FILE_NAME, MALFORMED_ROW, UNDECODABLE, CsvInfo, ImageOptions,
-    InputSpec, RowReject, caption_tokens, iter_rows, process_image, row_fields, scan_csv,
+    EMPTY_CAPTION, MALFORMED_ROW, PAIRS_KIND, UNDECODABLE, CsvInfo, ImageOptions, InputSpec, RowReject,
+    caption_tokens, iter_rows, process_image, row_fields, scan_csv,
 )
 
 logger = logging.getLogger(__name__)
 
-PICKLE_PROTOCOL = 4
 THROTTLE_ENV = "VCLIP_LMDB_THROTTLE_S"
 """Testing hook: seconds to sleep after each committed block (to kill a build mid-way)."""
 FORMAT_VERSION = 1
@@ -95,6 +97,7 @@ class BuildResult:
 
     out: Path
     counts: Mapping[str, int]
+    """Samples per split: images (pairs) or patients."""
     rejected: int
     resumed_from_row: int
     seconds: float
@@ -102,7 +105,9 @@ class BuildResult:
 
 def _fingerprint(cfg: BuildConfig, info: CsvInfo, shard: int) -> dict[str, Any]:
     stat = info.path.stat()
+    kind = {} if info.kind == PAIRS_KIND else {"kind": info.kind}
     return {
+        **kind,
         "format_version": FORMAT_VERSION,
         "csv": str(info.path.resolve()), "csv_size": stat.st_size, "csv_mtime_ns": stat.st_mtime_ns,
         "encoding": info.encoding, "image_root": str(cfg.input.image_root.resolve()),
@@ -166,22 +171,15 @@ def _pool(workers: int, options: ImageOptions):
 
 # --- parent side --------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class _Item:
-    row: int
-    file_name: str
-    caption: str
-    reject: RowReject | None = None
-
-
-def _blocks(cfg: BuildConfig, info: CsvInfo, shard: int, start_row: int) -> Iterator[tuple[list[_Item], int]]:
+def _blocks(cfg: BuildConfig, info: CsvInfo, kind: RecordKind, shard: int,
+            start_row: int) -> Iterator[tuple[list[Item], int]]:
     """Blocks of this shard's rows from ``start_row`` on, each with the next row after it.
 
     Duplicates are judged on every earlier row of the shard (the first occurrence wins), so rows
     before ``start_row`` are still read, but not processed.
     """
     seen: set[str] = set()
-    block: list[_Item] = []
+    block: list[Item] = []
     for row, fields in iter_rows(info):
         if not fields:
             continue  # blank line
@@ -189,19 +187,22 @@ def _blocks(cfg: BuildConfig, info: CsvInfo, shard: int, start_row: int) -> Iter
         if parsed is None:
             if shard != 0:
                 continue
-            item = _Item(row, "", "", RowReject(MALFORMED_ROW, f"{len(fields)} fields, header has {len(info.header)}"))
+            item = Item(row, "", "", reject=RowReject(MALFORMED_ROW,
+                                                      f"{len(fields)} fields, header has {len(info.header)}"))
         else:
             name, caption = parsed
             if shard_of(name, cfg.shards, cfg.seed) != shard:
                 continue
+            files = kind.files(info, fields, name)
             if not name:
-                item = _Item(row, name, caption, RowReject(EMPTY_FILE_NAME, "no file name"))
+                item = Item(row, name, caption, files, kind.empty_key)
             elif name in seen:
-                item = _Item(row, name, caption, RowReject(DUPLICATE_FILE_NAME, "file name appeared on an earlier row"))
+                item = Item(row, name, caption, files, kind.duplicate_key)
             else:
                 seen.add(name)
-                reject = None if caption.strip() else RowReject(EMPTY_CAPTION, "caption is empty or whitespace")
-                item = _Item(row, name, caption, reject)
+                reject = kind.check(files) or (
+                    None if caption.strip() else RowReject(EMPTY_CAPTION, "caption is empty or whitespace"))
+                item = Item(row, name, caption, files, reject)
         if row < start_row:
             continue
         block.append(item)
@@ -221,20 +222,29 @@ class _SplitWriter:
         for key, items in data.items():
             put_all(self.envs[key], items)
 
-    def write_counts(self, counts: Mapping[str, int]) -> None:
+    def write_counts(self, cursor: Cursor) -> None:
         for s in SPLITS:
-            n = str(counts[s]).encode()
-            put_all(self.envs[(s, IMGS)], [(NUM_IMAGES, n)])
-            put_all(self.envs[(s, PAIRS)], [(NUM_SAMPLES, n)])
+            put_all(self.envs[(s, IMGS)], [(NUM_IMAGES, str(cursor.image_counts[s]).encode())])
+            put_all(self.envs[(s, PAIRS)], [(NUM_SAMPLES, str(cursor.counts[s]).encode())])
 
     def close(self) -> None:
         for env in self.envs.values():
             env.close()
 
 
-def _resolve(cfg: BuildConfig, block: list[_Item], results: list, cursor: Cursor, next_row: int):
+def _tasks(cfg: BuildConfig, block: list[Item]) -> list[tuple[str, str]]:
+    """The worker tasks of a block: one per image file; a row's caption goes with its first image."""
+    tasks = []
+    for item in block:
+        if item.reject is None:
+            files = [f for f in item.files if f]
+            tasks += [(str(cfg.input.image_root / f), item.caption if i == 0 else "") for i, f in enumerate(files)]
+    return tasks
+
+
+def _resolve(cfg: BuildConfig, kind: RecordKind, block: list[Item], results: list, cursor: Cursor, next_row: int):
     """Turn a block and its worker results into LMDB items, journal outcomes and the new cursor."""
-    counts = dict(cursor.counts)
+    counts, images = dict(cursor.counts), dict(cursor.image_counts)
     data: dict[tuple[str, str], list[tuple[bytes, bytes]]] = {(s, k): [] for s in SPLITS for k in (IMGS, PAIRS)}
     outcomes: list[tuple[int, RowOutcome]] = []
     it = iter(results)
@@ -243,18 +253,9 @@ def _resolve(cfg: BuildConfig, block: list[_Item], results: list, cursor: Cursor
             tokens = caption_tokens(item.caption) if item.caption.strip() else 0
             outcomes.append((item.row, RowOutcome(tokens=tokens, reason=item.reject.reason, detail=item.reject.detail)))
             continue
-        b64, reason, detail, tokens = next(it)
-        if b64 is None:
-            outcomes.append((item.row, RowOutcome(tokens=tokens, reason=reason, detail=detail)))
-            continue
-        split = split_of(item.file_name, cfg.seed, cfg.ratios)
-        idx = counts[split]
-        counts[split] = idx + 1
-        key = str(idx).encode()
-        data[(split, IMGS)].append((key, b64))
-        data[(split, PAIRS)].append((key, pickle.dumps((idx, idx, item.caption), protocol=PICKLE_PROTOCOL)))
-        outcomes.append((item.row, RowOutcome(split, idx, tokens)))
-    return data, outcomes, Cursor(next_row, counts)
+        got = [next(it) if f else None for f in item.files]
+        outcomes.append((item.row, kind.store(item, got, cfg.ratios, cfg.seed, counts, images, data)))
+    return data, outcomes, Cursor(next_row, counts, None if kind.name == PAIRS_KIND else images)
 
 
 def _prepare(out: Path, fingerprint: Mapping[str, Any], overwrite: bool) -> bool:
@@ -286,11 +287,12 @@ def _prepare(out: Path, fingerprint: Mapping[str, Any], overwrite: bool) -> bool
 
 def _build_shard(cfg: BuildConfig, info: CsvInfo, shard: int, out: Path) -> BuildResult:
     fingerprint = _fingerprint(cfg, info, shard)
+    kind = record_kind(info.kind)
     if _prepare(out, fingerprint, cfg.overwrite):
         summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
         shutil.rmtree(out / BUILD_DIR, ignore_errors=True)  # left if killed right after the manifest
         logger.info("%s: already complete, nothing to do", out)
-        return BuildResult(out, summary["images"], summary["rejected"]["total"], info.rows + 1, 0.0)
+        return BuildResult(out, summary[kind.count_name], summary["rejected"]["total"], info.rows + 1, 0.0)
     started = time.perf_counter()
     workers = cfg.workers or os.cpu_count() or 1
     throttle = float(os.environ.get(THROTTLE_ENV, "0") or 0)
@@ -312,7 +314,7 @@ def _build_shard(cfg: BuildConfig, info: CsvInfo, shard: int, out: Path) -> Buil
         def drain_one() -> None:
             nonlocal cursor
             block, next_row, result = pending.popleft()
-            data, outcomes, new_cursor = _resolve(cfg, block, result.get(), cursor, next_row)
+            data, outcomes, new_cursor = _resolve(cfg, kind, block, result.get(), cursor, next_row)
             writer.write(data)
             journal.commit(outcomes, new_cursor)  # last: the data of a block is in before its cursor
             bar.update(new_cursor.next_row - cursor.next_row)
@@ -321,14 +323,13 @@ def _build_shard(cfg: BuildConfig, info: CsvInfo, shard: int, out: Path) -> Buil
                 time.sleep(throttle)
 
         try:
-            for block, next_row in _blocks(cfg, info, shard, resumed_from):
-                tasks = [(str(cfg.input.image_root / it.file_name), it.caption) for it in block if it.reject is None]
-                pending.append((block, next_row, pool.map_async(_work, tasks, chunk)))
+            for block, next_row in _blocks(cfg, info, kind, shard, resumed_from):
+                pending.append((block, next_row, pool.map_async(_work, _tasks(cfg, block), chunk)))
                 if len(pending) > 2:
                     drain_one()
             while pending:
                 drain_one()
-            writer.write_counts(cursor.counts)
+            writer.write_counts(cursor)
             bar.close()
             rejected = write_side_tables(out, info, journal, fingerprint, cfg)
         finally:
@@ -337,8 +338,8 @@ def _build_shard(cfg: BuildConfig, info: CsvInfo, shard: int, out: Path) -> Buil
             journal.close()
     shutil.rmtree(out / BUILD_DIR, ignore_errors=True)
     seconds = time.perf_counter() - started
-    logger.info("%s: %s images (train/valid/test %s), %d rejected, %.1f s",
-                out, sum(cursor.counts.values()), "/".join(str(cursor.counts[s]) for s in SPLITS), rejected, seconds)
+    logger.info("%s: %s %s (train/valid/test %s), %d rejected, %.1f s", out, sum(cursor.counts.values()),
+                kind.count_name, "/".join(str(cursor.counts[s]) for s in SPLITS), rejected, seconds)
     return BuildResult(out, dict(cursor.counts), rejected, resumed_from, seconds)
 
 
@@ -347,6 +348,6 @@ def build_lmdb(cfg: BuildConfig) -> list[BuildResult]:
     if not cfg.input.image_root.is_dir():
         raise UserError(f"{where(cfg.input.image_root)}: no such image folder")
     info = scan_csv(cfg.input)
-    logger.info("%s: %d rows, encoding %s, %d label columns", info.path, info.rows, info.encoding,
+    logger.info("%s: %d %s rows, encoding %s, %d label columns", info.path, info.rows, info.kind, info.encoding,
                 len(info.label_cols))
     return [_build_shard(cfg, info, shard, out) for shard, out in cfg.shard_dirs()]

@@ -86,6 +86,24 @@ LABEL_NAMES: Mapping[str, tuple[str, str]] = MappingProxyType({
 LOW_QUALITY_SCORE = 0.6
 """``retinal_region_quality_score`` below this marks a degraded (blurred/dark/hazy) photo."""
 
+# --------------------------------------------------------------------------- patient level (RET-CLIP)
+
+PATIENT_COLUMNS: tuple[str, ...] = ("patient_id", "left_image", "right_image", "report")
+"""The required columns of a patient-level CSV: id, left and right eye image paths (relative to
+the image root; either may be empty, not both) and the patient's report."""
+PATIENTS_DIR = "patients"
+"""Folder (under the synthetic data root) of the generated patient-level set."""
+PATIENTS_CSV = "patients.csv"
+PATIENTS_IMAGE_DIR = "images"
+"""Folder (under :data:`PATIENTS_DIR`) holding ``{patient_id}_{L|R}.png``."""
+PATIENT_LABEL_COLUMNS: tuple[str, ...] = (
+    "is_dm", "dr_grade", "right_dr_grade", "left_dr_grade", "is_abnormal", *FINDINGS,
+)
+"""Label columns of the generated ``patients.csv``: ``dr_grade`` is the worse eye's grade and
+every finding flag is 1 when either eye has it."""
+EYE_NAMES_CN: Mapping[str, str] = MappingProxyType({"right": "右眼", "left": "左眼"})
+"""How a report names each eye (reports describe the right eye first)."""
+
 # --------------------------------------------------------------------------- captions
 
 CAPTION_KEYWORDS: Mapping[str, tuple[str, ...]] = MappingProxyType({

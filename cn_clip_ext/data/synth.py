@@ -10,6 +10,7 @@ Layouts written (see :mod:`cn_clip_ext.data.schema` for the tables)::
     root/messidor2/IMAGES/* + root/messidor2/messidor_data.csv       write_messidor2
     root/fives/{train,test}/{Original,Ground truth}/{n}_{A|D|G|N}.png write_fives
     root/refuge/Training400/{Glaucoma,Non-Glaucoma}/{g|n}NNNN.jpg     write_refuge
+    root/patients/images/{pid}_{L|R}.png + root/patients/patients.csv  write_patients (RET-CLIP)
 
 Every writer builds its files in a hidden staging folder under ``root`` and moves them into
 place only when all are done, the CSV last, so a failed run leaves nothing half-written.
@@ -33,15 +34,16 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .captions import make_caption
+from .captions import make_caption, make_patient_report
 from .render import DISC_ASPECT, EXTERNAL_CAMERAS, SYNFUNDUS_CAMERA, Geometry, Rendered, render_fundus
-from .schema import (EVAL_LAYOUTS, FINDINGS, FIVES, MESSIDOR2, READABILITY_COLUMNS, REFUGE,
+from .schema import (EVAL_LAYOUTS, FINDINGS, FIVES, MESSIDOR2, PATIENT_COLUMNS, PATIENT_LABEL_COLUMNS,
+                     PATIENTS_CSV, PATIENTS_DIR, PATIENTS_IMAGE_DIR, READABILITY_COLUMNS, REFUGE,
                      SYNFUNDUS_COLUMNS, SYNFUNDUS_CSV, SYNFUNDUS_IMAGE_DIR)
 
 __all__ = [
     "SynthConfig", "sample_labels", "sample_captions", "make_caption", "render_fundus", "synfundus_example",
     "write_synfundus", "write_messidor2", "write_fives", "write_refuge", "write_eval_sets", "generate",
-    "ID_OFFSET", "STREAMS", "PREVALENCE",
+    "sample_patient", "patient_example", "write_patients", "ID_OFFSET", "STREAMS", "PREVALENCE",
 ]
 
 logger = logging.getLogger(__name__)
@@ -52,7 +54,8 @@ PNG_COMPRESS_LEVEL = 1
 """zlib level for the PNGs: lossless either way, level 1 is several times faster than 6."""
 JPEG_QUALITY = 95
 
-STREAMS: Mapping[str, int] = MappingProxyType({"synfundus": 0, "messidor2": 1, "fives": 2, "refuge": 3})
+STREAMS: Mapping[str, int] = MappingProxyType({"synfundus": 0, "messidor2": 1, "fives": 2, "refuge": 3,
+                                               "patients": 4})
 """Random stream per data set, so evaluation sets never share draws with the corpus."""
 
 PREVALENCE: Mapping[str, float] = MappingProxyType({
@@ -84,14 +87,18 @@ class SynthConfig:
     low_quality_rate: float = 0.06
     """Share of degraded (blurred, dark, hazy) photos."""
     id_offset: int = ID_OFFSET
+    n_patients: int = 0
+    """Patients of the patient-level (RET-CLIP) set, two eye photos each (0: no such set)."""
+    missing_eye_rate: float = 0.1
+    """Share of patients with one eye photo missing."""
 
     def __post_init__(self) -> None:
-        for name in ("n_images", "n_eval", "seed", "id_offset"):
+        for name in ("n_images", "n_eval", "seed", "id_offset", "n_patients"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.size < 32:
             raise ValueError(f"size must be at least 32 pixels, got {self.size}")
-        for name in ("caption_noise", "low_quality_rate"):
+        for name in ("caption_noise", "low_quality_rate", "missing_eye_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
@@ -218,6 +225,119 @@ def write_synfundus(root: str | os.PathLike[str], n: int, seed: int = 0, size: i
         _commit(stage, root, [SYNFUNDUS_IMAGE_DIR], SYNFUNDUS_CSV)
     logger.info("wrote %d SynFundus images to %s", n, root)
     return root / SYNFUNDUS_CSV
+
+
+# --------------------------------------------------------------------------- patient level (RET-CLIP)
+
+BILATERAL_KEEP: Mapping[str, float] = MappingProxyType({
+    "is_gc": 0.8, "is_amd": 0.7, "is_pm": 1.0, "is_tessellated": 1.0, "is_htr": 1.0,
+})
+"""Patient findings that usually affect both eyes: the chance the second eye shares one."""
+UNILATERAL: tuple[str, ...] = ("is_rvo", "is_mh", "is_em", "is_crp", "is_md", "is_aon")
+"""Findings drawn for the patient but placed in one eye only."""
+EYE_FILE_SUFFIX: Mapping[str, str] = MappingProxyType({"left": "L", "right": "R"})
+
+
+def sample_patient(rng: np.random.Generator, low_quality_rate: float = 0.06) -> dict[str, dict[str, Any]]:
+    """The label rows of one patient's eyes, ``{"right": ..., "left": ...}``.
+
+    Patient-level draws (as :func:`sample_labels`) are shared: diabetes gives DR in both eyes,
+    the second eye's grade differing by at most one (never 0 when the first has DR); myopia,
+    tessellation and hypertensive signs are bilateral, glaucoma and AMD mostly so; vein
+    occlusion, macular hole, membrane and the rarer findings sit in one eye. DME, laser scars and
+    photo quality are drawn per eye.
+    """
+    base = sample_labels(rng, low_quality_rate)
+    first = int(rng.integers(2))  # the eye with the patient's own DR grade and one-eye findings
+    grade = base["dr_grade"]
+    eyes: dict[str, dict[str, Any]] = {}
+    for k, (name, side) in enumerate((("right", 1), ("left", 0))):
+        lab = dict(base, eyes_side=side)
+        if k != first:
+            if grade > 0:
+                lab["dr_grade"] = int(np.clip(grade + rng.choice([-1, 0, 0, 1]), 1, 4))
+            for f, keep in BILATERAL_KEEP.items():
+                lab[f] = int(base[f] and rng.random() < keep)
+            for f in UNILATERAL:
+                lab[f] = 0
+        lab["is_tessellated"] = int(lab["is_tessellated"] or lab["is_pm"])
+        g = lab["dr_grade"]
+        lab["is_dme"] = int(rng.random() < (0.0, 0.04, 0.2, 0.4, 0.45)[g])
+        p_treated = (PREVALENCE["is_treated_background"], 0.0, 0.03, 0.25, 0.5)[g]
+        lab["is_treated"] = int(rng.random() < max(p_treated, 0.3 if lab["is_rvo"] else 0.0))
+        lab.update(_quality(rng, rng.random() < low_quality_rate))
+        eyes[name] = _derived(lab)
+    return eyes
+
+
+def patient_id(index: int) -> str:
+    """``P000001`` for patient ``index`` 0."""
+    return f"P{index + 1:06d}"
+
+
+def patient_example(index: int, seed: int = 0, size: int = 512, caption_noise: float = 0.03,
+                    low_quality_rate: float = 0.06, missing_eye_rate: float = 0.1
+                    ) -> tuple[dict[str, Any], dict[str, Rendered]]:
+    """The ``patients.csv`` row (without image paths) and the eye renderings of patient ``index``.
+
+    The report covers both eyes; a missing eye (``missing_eye_rate`` of patients, either side)
+    only lacks its photo. Labels are patient-level: :data:`~.schema.PATIENT_LABEL_COLUMNS`.
+    """
+    rng = _rng(seed, "patients", index, 0)
+    eyes = sample_patient(rng, low_quality_rate)
+    missing = ("left", "right")[int(rng.integers(2))] if rng.random() < missing_eye_rate else ""
+    row: dict[str, Any] = {
+        "patient_id": patient_id(index),
+        "report": make_patient_report(eyes, _rng(seed, "patients", index, 1), caption_noise),
+        "is_dm": int(any(e["is_dm"] for e in eyes.values())),
+        "dr_grade": max(e["dr_grade"] for e in eyes.values()),
+        "right_dr_grade": eyes["right"]["dr_grade"], "left_dr_grade": eyes["left"]["dr_grade"],
+        **{c: int(any(e[c] for e in eyes.values())) for c in ("is_abnormal", *FINDINGS)},
+    }
+    renders = {eye: render_fundus(lab, _rng(seed, "patients", index, 2 + k), size, SYNFUNDUS_CAMERA)
+               for k, (eye, lab) in enumerate(eyes.items()) if eye != missing}
+    return row, renders
+
+
+def _patient_job(args: tuple[int, int, int, float, float, float]) -> tuple[dict[str, Any], dict[str, bytes]]:
+    index, seed, size, noise, low_rate, missing_rate = args
+    row, renders = patient_example(index, seed, size, noise, low_rate, missing_rate)
+    files: dict[str, bytes] = {}
+    for eye in ("left", "right"):
+        name = f"{row['patient_id']}_{EYE_FILE_SUFFIX[eye]}.png" if eye in renders else ""
+        row[f"{eye}_image"] = f"{PATIENTS_IMAGE_DIR}/{name}" if name else ""
+        if name:
+            files[name] = _png(renders[eye].image)
+    return row, files
+
+
+def write_patients(root: str | os.PathLike[str], n: int, seed: int = 0, size: int = 512, workers: int = 1, *,
+                   caption_noise: float = 0.03, low_quality_rate: float = 0.06, missing_eye_rate: float = 0.1,
+                   progress: bool = True) -> Path:
+    """Write ``n`` patients to ``root/patients/images/{pid}_{L|R}.png`` and ``root/patients/patients.csv``.
+
+    One row per patient: ``patient_id, left_image, right_image, report`` (image paths relative to
+    the CSV's folder, empty for a missing eye) and the patient-level labels. Returns the CSV's path.
+    """
+    SynthConfig(n_patients=n, seed=seed, size=size, caption_noise=caption_noise,
+                low_quality_rate=low_quality_rate, missing_eye_rate=missing_eye_rate)  # validates
+    root = Path(root)
+    columns = (*PATIENT_COLUMNS, *PATIENT_LABEL_COLUMNS)
+    images = f"{PATIENTS_DIR}/{PATIENTS_IMAGE_DIR}"
+    jobs = [(i, seed, size, caption_noise, low_quality_rate, missing_eye_rate) for i in range(n)]
+    with _staging(root) as stage:
+        (stage / images).mkdir(parents=True)
+        rows, names = [], set()
+        for row, files in _run(_patient_job, jobs, workers, "patients", progress):
+            for name, data in files.items():
+                (stage / images / name).write_bytes(data)
+            names |= set(files)
+            rows.append([_cell(row[c]) for c in columns])
+        _write_csv(stage / PATIENTS_DIR / PATIENTS_CSV, columns, rows)
+        _warn_stale(root / images, names)
+        _commit(stage, root, [images], f"{PATIENTS_DIR}/{PATIENTS_CSV}")
+    logger.info("wrote %d patients (%d eye photos) to %s", n, len(names), root / PATIENTS_DIR)
+    return root / PATIENTS_DIR / PATIENTS_CSV
 
 
 # --------------------------------------------------------------------------- evaluation sets
@@ -396,7 +516,8 @@ def write_eval_sets(root: str | os.PathLike[str], n: int, seed: int = 0, size: i
 def generate(root: str | os.PathLike[str], config: SynthConfig = SynthConfig(), workers: int = 1,
              corpus: bool = True, eval_sets: Sequence[str] = tuple(EVAL_WRITERS),
              progress: bool = True) -> dict[str, Path]:
-    """Write the corpus and evaluation sets a :class:`SynthConfig` describes; returns what was written."""
+    """Write the corpus, evaluation sets and patient-level set a :class:`SynthConfig` describes;
+    returns what was written."""
     out: dict[str, Path] = {}
     if corpus and config.n_images:
         out["synfundus"] = write_synfundus(root, config.n_images, config.seed, config.size, workers,
@@ -405,6 +526,11 @@ def generate(root: str | os.PathLike[str], config: SynthConfig = SynthConfig(), 
                                            id_offset=config.id_offset, progress=progress)
     if eval_sets and config.n_eval:
         out.update(write_eval_sets(root, config.n_eval, config.seed, config.size, workers, eval_sets, progress))
+    if config.n_patients:
+        out["patients"] = write_patients(root, config.n_patients, config.seed, config.size, workers,
+                                         caption_noise=config.caption_noise,
+                                         low_quality_rate=config.low_quality_rate,
+                                         missing_eye_rate=config.missing_eye_rate, progress=progress)
     return out
 
 

@@ -18,6 +18,7 @@ from PIL import Image
 from ..data.schema import FIVES, MESSIDOR2, REFUGE
 from ..errors import UserError, where
 from ..files import read_structured
+from ..transforms import open_rgb
 from .sheets import SHEET_SUFFIXES, find_column, read_csv_rows, read_sheet
 
 logger = logging.getLogger(__name__)
@@ -70,13 +71,8 @@ Reader = Callable[[Path, DatasetSpec], "RawItems | tuple[RawItems, Callable[[str
 
 
 def open_image_file(path: str, min_size: int | None = None) -> Image.Image:
-    """Decode as RGB. With ``min_size``, JPEGs use libjpeg's DCT scaling (1/2, 1/4, 1/8) while both
-    sides stay at least ``min_size``: several times faster, and no coarser than the box reduction
-    the fundus transforms apply before resampling when ``min_size`` is twice their output."""
-    with Image.open(path) as img:
-        if min_size is not None and img.format == "JPEG":
-            img.draft("RGB", (min_size, min_size))
-        return img.convert("RGB")
+    """Decode as RGB, JPEGs at a reduced scale no smaller than ``min_size`` (see :func:`cn_clip_ext.transforms.open_rgb`)."""
+    return open_rgb(path, min_size)
 
 
 def _require_dir(path: Path, what: str) -> Path:

@@ -130,5 +130,6 @@ def zero_shot_features(model: torch.nn.Module, tokenizer: Callable, eval_set: Ev
     """:func:`zero_shot` from image features already computed by :func:`encode_images`."""
     model.eval()
     class_emb = class_embeddings(model.encode_text, tokenizer, prompts.for_classes(eval_set.classes), device)
-    probs = classify(image_features, class_emb.cpu(), float(model.logit_scale.exp()))
+    scale = getattr(model, "single_eye_scale", model.logit_scale)  # a tripartite model's chosen head
+    probs = classify(image_features, class_emb.cpu(), float(scale.exp()))
     return score_predictions(eval_set, probs, n_resamples)

@@ -11,14 +11,16 @@ from .checkpoint import atomic_save, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import ResumableSampler, SeededDataset, TensorPairs, make_toy_pairs
 from .distributed import DistEnv, init_distributed
-from .loss import ContrastiveLoss, clamp_logit_scale, clip_loss, gather_features
+from .loss import ContrastiveLoss, TripartiteLoss, clamp_logit_scale, clip_loss, gather_features
 from .loop import Trainer, TrainingDiverged, TrainResult, train
+from .objectives import OBJECTIVES, Objective, get_objective, objective_for
 from .optim import build_optimizer, build_scheduler, param_groups
 from .warmstart import hf_bert_to_cn_clip, warm_start
 
 __all__ = [
-    "ContrastiveLoss", "DistEnv", "ResumableSampler", "SeededDataset", "TensorPairs", "TrainConfig", "TrainResult",
-    "Trainer", "TrainingDiverged", "atomic_save", "build_optimizer", "build_scheduler", "clamp_logit_scale",
-    "clip_loss", "gather_features", "hf_bert_to_cn_clip", "init_distributed", "load_checkpoint", "make_toy_pairs",
-    "param_groups", "save_checkpoint", "train", "warm_start",
+    "ContrastiveLoss", "DistEnv", "OBJECTIVES", "Objective", "ResumableSampler", "SeededDataset", "TensorPairs",
+    "TrainConfig", "TrainResult", "Trainer", "TrainingDiverged", "TripartiteLoss", "atomic_save", "build_optimizer",
+    "build_scheduler", "clamp_logit_scale", "clip_loss", "gather_features", "get_objective", "hf_bert_to_cn_clip",
+    "init_distributed", "load_checkpoint", "make_toy_pairs", "objective_for", "param_groups", "save_checkpoint",
+    "train", "warm_start",
 ]

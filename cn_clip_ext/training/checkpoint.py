@@ -105,8 +105,13 @@ def save_checkpoint(state: Mapping[str, Any], folder: str | Path, step: int, kee
     return path
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load with ``weights_only=True``; a missing or unreadable file is a one-line :class:`UserError`."""
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
+                    allow_bare: bool = False) -> dict[str, Any]:
+    """Load with ``weights_only=True``; a missing or unreadable file is a one-line :class:`UserError`.
+
+    ``allow_bare`` also accepts a bare state dict (name -> tensor, as RET-CLIP releases its
+    weights) and returns it as ``{"state_dict": ...}``.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
@@ -115,6 +120,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except Exception as exc:  # noqa: BLE001 - truncated zip, bad pickle, foreign object ...
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise UserError(f"{path}: corrupted or unreadable checkpoint ({type(exc).__name__}: {first})") from None
+    if allow_bare and isinstance(ckpt, dict) and "state_dict" not in ckpt and ckpt \
+            and all(torch.is_tensor(v) for v in ckpt.values()):
+        return {"state_dict": ckpt}
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise UserError(f"{path}: not a training checkpoint (no 'state_dict' key)")
     return ckpt

@@ -1,6 +1,9 @@
 """Data plumbing for training: a resumable distributed sampler, per-sample seeding, a toy set.
 
-The trainer accepts any map-style dataset whose items are ``(image_tensor, token_ids)``. Labels
+The trainer accepts any map-style dataset whose items are ``(image_tensor, token_ids)``: image
+tensors are CLIP-normalised float, or ``uint8`` pixels (what the train transform's per-sample half
+returns), which the trainer turns into normalised float on the device with the train transform's
+``batch_transform`` (random colour drawn per micro-batch from :func:`batch_seed`). Labels
 for zero-shot validation come from an optional ``labels`` attribute: a mapping from label name
 to one integer per item (``-1`` or NaN = unknown), e.g. columns of the SynFundus side table.
 """
@@ -13,7 +16,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, get_worker_info
 
 logger = logging.getLogger(__name__)
 
@@ -59,12 +62,27 @@ def item_seed(seed: int, epoch: int, index: int) -> int:
     return (seed * 0x9E3779B1 + epoch * 0x85EBCA77 + index * 0xC2B2AE3D + 0x27D4EB2F) % (2**63 - 1)
 
 
+def batch_seed(seed: int, epoch: int, batch: int, rank: int = 0) -> int:
+    """A 63-bit seed for the device-side augmentation of micro-batch ``batch`` of ``epoch`` on
+    ``rank`` (a resumed run redraws the same colours), apart from the per-item seeds."""
+    return item_seed(seed + 0x632BE5AB, epoch, (batch << 16) + rank)
+
+
+def _seed_host_rngs(seed: int) -> None:
+    """Seed torch's CPU generator, Python's and NumPy's (``torch.manual_seed`` would also seed, or
+    queue seeding of, every GPU: far slower per item, and not undone by ``fork_rng(devices=[])``)."""
+    torch.default_generator.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+
+
 class SeededDataset(Dataset):
     """Seeds torch/NumPy/Python RNGs from (seed, epoch, index) around each item's loading.
 
     Random augmentations then depend only on which item is read in which epoch, not on the
     worker or on how far the loader had got, so a resumed run sees the same augmented samples.
-    Set :attr:`epoch` before creating the loader's iterator.
+    Set :attr:`epoch` before creating the loader's iterator. In the loading process the previous
+    RNG states are restored afterwards; a DataLoader worker's are simply left seeded.
     """
 
     def __init__(self, dataset: Dataset, seed: int):
@@ -75,11 +93,12 @@ class SeededDataset(Dataset):
 
     def __getitem__(self, index: int) -> Any:
         s = item_seed(self.seed, self.epoch, int(index))
+        if get_worker_info() is not None:  # a DataLoader worker: nothing else draws from its RNGs
+            _seed_host_rngs(s)
+            return self.dataset[index]
         py_state, np_state = random.getstate(), np.random.get_state()
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(s)
-            random.seed(s)
-            np.random.seed(s % 2**32)
+            _seed_host_rngs(s)
             try:
                 return self.dataset[index]
             finally:
@@ -237,5 +256,6 @@ def ceil_div(a: int, b: int) -> int:
     return int(math.ceil(a / b))
 
 
-__all__ = ["LabelColumns", "LabelledDataset", "ResumableSampler", "SeededDataset", "TOY_CAPTIONS", "TensorPairs", "item_seed", "make_toy_pairs",
+__all__ = ["LabelColumns", "LabelledDataset", "ResumableSampler", "SeededDataset", "TOY_CAPTIONS", "TensorPairs", "batch_seed",
+           "item_seed", "make_toy_pairs",
            "parse_toy_spec", "steps_per_epoch", "toy_splits", "total_steps"]

@@ -1,4 +1,5 @@
-"""Validation during training: contrastive loss, recall@1/5 both ways, zero-shot balanced accuracy.
+"""Validation during training: contrastive loss, recall@1/5 both ways, zero-shot balanced accuracy
+(image-report pairs: :func:`evaluate`; patients with two eyes, per head: :func:`evaluate_patients`).
 
 Each rank embeds a contiguous shard of the valid split; shards are gathered so every rank holds
 all embeddings in dataset order and computes the same numbers.
@@ -99,6 +100,17 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, env: DistEnv, tokenizer: 
     for key, (q, g) in {"i2t": (img, txt), "t2i": (txt, img)}.items():
         rec = recall_at_k(q, g, (1, 5), groups, groups)
         out[f"{key}_r1"], out[f"{key}_r5"] = rec[1], rec[5]
+    out.update(_zero_shot(net, dataset, img, n, tokenizer, env, label_names, prompts, label_classes))
+    if was_training:
+        net.train()
+    return out
+
+
+def _zero_shot(net: torch.nn.Module, dataset: Dataset, img: torch.Tensor, n: int, tokenizer: Callable, env: DistEnv,
+               label_names: Sequence[str], prompts: PromptSet | None,
+               label_classes: LabelClasses | None) -> dict[str, float]:
+    """``zs_<label>_bacc`` for each label column the dataset has and the prompts cover."""
+    out: dict[str, float] = {}
     for name in label_names:
         classes = (label_classes or {}).get(name)
         y = _label_values(dataset, name, n, list(classes)) if classes and prompts is not None else None
@@ -112,9 +124,79 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, env: DistEnv, tokenizer: 
                                env.device)
         pred = predict(img[keep.to(img.device)], emb).cpu()
         out[f"zs_{name}_bacc"] = balanced_accuracy(y[keep], pred)
-    if was_training:
-        net.train()
     return out
 
 
-__all__ = ["LabelClasses", "evaluate", "load_zeroshot_setup"]
+def _chunked_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, present: torch.Tensor,
+                  chunk: int) -> float | None:
+    """Mean :func:`clip_loss` over consecutive global batches of ``chunk`` rows (present rows only),
+    as training sees them; ``None`` when no batch has two present rows."""
+    n = img.shape[0]
+    starts = range(0, n - chunk + 1, chunk) if n >= chunk else [0]
+    losses = []
+    for s in starts:
+        rows = present[s:s + chunk].nonzero().view(-1) + s
+        if rows.numel() > 1:
+            losses.append(float(clip_loss(img[rows], txt[rows], scale)))
+    return sum(losses) / len(losses) if losses else None
+
+
+@torch.no_grad()
+def evaluate_patients(model: torch.nn.Module, dataset: Dataset, env: DistEnv, tokenizer: Callable, *,
+                      batch_size: int, loss_batch_size: int, num_workers: int = 0, max_samples: int | None = None,
+                      label_names: Sequence[str] = ("dr_grade", "is_gc", "is_amd"),
+                      autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                      prompts: PromptSet | None = None, label_classes: LabelClasses | None = None) -> dict[str, float]:
+    """Metrics of a tripartite model on patients ``(left, right, has_left, has_right, tokens)``.
+
+    Per head: ``loss_<head>`` and recall@1/5 both ways over the patients that have that eye
+    (``left_i2t_r1`` ...; the patient head's recalls keep the plain names ``i2t_r1`` ...);
+    ``loss`` is the sum of the three, as in training. Zero-shot ``zs_<label>_bacc`` uses the
+    patient feature and runs only when the dataset has such label columns.
+    """
+    from ..tripartite import HEADS
+
+    net = getattr(model, "module", model)
+    was_training = net.training
+    net.eval()
+    n = len(dataset) if max_samples is None else min(len(dataset), max_samples)  # type: ignore[arg-type]
+    if n == 0:
+        return {}
+    loader = DataLoader(Subset(dataset, _shard(n, env.world_size, env.rank)), batch_size=batch_size,
+                        num_workers=num_workers, pin_memory=env.device.type == "cuda",
+                        generator=torch.Generator().manual_seed(0))
+    parts: dict[str, list[torch.Tensor]] = {}
+    for left, right, has_left, has_right, tokens in loader:
+        batch = [t.to(env.device, non_blocking=True) for t in (left, right, has_left, has_right, tokens)]
+        with autocast():
+            out = net(*batch)
+        for key, value in out._asdict().items():
+            if value.ndim:
+                parts.setdefault(key, []).append(value.float() if value.is_floating_point() else value.to(torch.uint8))
+        parts.setdefault("tokens", []).append(batch[4])
+    full = {k: all_gather_tensor(torch.cat(v))[:n] for k, v in parts.items()}
+    _, groups = torch.unique(full["tokens"].cpu(), dim=0, return_inverse=True)
+    groups = groups.to(env.device)
+    everyone = torch.ones(n, dtype=torch.bool, device=env.device)
+    present = {"global": everyone, "left": full["has_left"].bool(), "right": full["has_right"].bool()}
+    scales = dict(zip(HEADS, (net.logit_scale, net.logit_scale_left, net.logit_scale_right)))
+    metrics: dict[str, float] = {"loss": 0.0}
+    for head in HEADS:
+        img, txt, rows = full[f"image_{head}"], full[f"text_{head}"], present[head].nonzero().view(-1)
+        loss = _chunked_loss(img, txt, scales[head].exp().float(), present[head], loss_batch_size)
+        if loss is None:
+            continue
+        metrics[f"loss_{head}"] = loss
+        metrics["loss"] += loss
+        prefix = "" if head == "global" else f"{head}_"
+        for key, (q, g) in {"i2t": (img[rows], txt[rows]), "t2i": (txt[rows], img[rows])}.items():
+            rec = recall_at_k(q, g, (1, 5), groups[rows], groups[rows])
+            metrics[f"{prefix}{key}_r1"], metrics[f"{prefix}{key}_r5"] = rec[1], rec[5]
+    metrics.update(_zero_shot(net, dataset, full["image_global"], n, tokenizer, env, label_names, prompts,
+                              label_classes))
+    if was_training:
+        net.train()
+    return metrics
+
+
+__all__ = ["LabelClasses", "evaluate", "evaluate_patients", "load_zeroshot_setup"]

@@ -1,7 +1,10 @@
 """The trainer: cn_clip's model and contrastive recipe, from one CPU process to M x N GPUs.
 
 ``train(config)`` builds everything from the config; tests and benchmarks may pass their own
-map-style datasets of ``(image_tensor, token_ids)``. A run is reproducible from its seed, and a
+map-style datasets of ``(image_tensor, token_ids)``, or of patients
+``(left, right, has_left, has_right, token_ids)`` with ``kind = "patients"``. The data's kind
+selects the objective (:mod:`.objectives`: CLIP pairs, or RET-CLIP's tripartite loss), which
+moves a micro-batch to the device and computes its loss. A run is reproducible from its seed, and a
 run resumed from a checkpoint continues at the exact next micro-batch with the same RNG states,
 so its loss trajectory equals the uninterrupted run's (fp32, deterministic kernels).
 """
@@ -26,10 +29,11 @@ from ..errors import UserError
 from ..factory import add_model_config, create_model_and_transforms, get_tokenizer
 from . import checkpoint as ckpt
 from .config import TrainConfig
-from .data import LabelledDataset, ResumableSampler, SeededDataset, item_seed, steps_per_epoch, toy_splits
+from .data import LabelledDataset, ResumableSampler, SeededDataset, batch_seed, item_seed, steps_per_epoch, toy_splits
 from .distributed import DistEnv, all_gather_object, barrier, cleanup, init_distributed
-from .evaluation import evaluate, load_zeroshot_setup
-from .loss import ContrastiveLoss, clamp_logit_scale
+from .evaluation import load_zeroshot_setup
+from .loss import clamp_logit_scale
+from .objectives import objective_for
 from .optim import build_optimizer, build_scheduler
 from .recorder import Recorder, anon_rss_mb, host_rss_mb
 from .warmstart import warm_start
@@ -72,24 +76,41 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     return torch.bfloat16 if precision == "bf16" else torch.float16
 
 
+def _toy_patient_splits(config: TrainConfig, image_size: int) -> tuple[Dataset, Dataset]:
+    from ..data.patients import toy_patient_splits
+
+    return toy_patient_splits(config.data, image_size, config.seed, config.context_length)  # type: ignore[arg-type]
+
+
+def _toy_pair_splits(config: TrainConfig, image_size: int) -> tuple[Dataset, Dataset]:
+    return toy_splits(config.data, image_size, config.seed, config.context_length)  # type: ignore[arg-type]
+
+
+TOY_DATA = {"toy-patients": _toy_patient_splits, "toy": _toy_pair_splits}
+"""Generated in-memory data by spec prefix (``toy-patients:N``: patients, ``toy:N``: image-text pairs)."""
+
+
 def build_datasets(config: TrainConfig, train_tf: Any, eval_tf: Any, image_size: int) -> tuple[Dataset, Dataset | None]:
-    """Train and valid datasets from ``config.data``: ``toy:N`` or an LMDB root with train/ and valid/."""
+    """Train and valid datasets from ``config.data``: ``toy:N``, ``toy-patients:N`` or an LMDB root with
+    train/ and valid/ (single images or patients, as its manifest says)."""
     if config.data is None:
-        raise UserError("no training data: set --data to an LMDB root (with train/ and valid/) or toy:N")
-    if config.data.startswith("toy"):
-        return toy_splits(config.data, image_size, config.seed, config.context_length)
+        raise UserError("no training data: set --data to an LMDB root (with train/ and valid/), toy:N or "
+                        "toy-patients:N")
+    prefix = config.data.partition(":")[0]
+    if prefix in TOY_DATA:
+        return TOY_DATA[prefix](config, image_size)
     root = Path(config.data)
     if not (root / "train").is_dir():
         raise UserError(f"{root}: no train/ LMDB split here (expected {root}/train/imgs and {root}/train/pairs)")
     try:
-        from ..data.lmdb_reader import LmdbPairDataset  # the other half of the data pipeline
+        from ..data.lmdb_reader import open_lmdb_dataset  # the other half of the data pipeline
     except ImportError:
         raise UserError("cn_clip_ext.data.lmdb_reader is not available in this installation") from None
     tokenizer = get_tokenizer(config.model, context_length=config.context_length)
 
     def open_split(split: str, transform: Any) -> Dataset:
         try:
-            return LmdbPairDataset(root / split, transform=transform, tokenizer=tokenizer)
+            return open_lmdb_dataset(root / split, transform=transform, tokenizer=tokenizer)
         except (FileNotFoundError, ValueError) as exc:
             raise UserError(str(exc).splitlines()[0]) from None
 
@@ -127,6 +148,9 @@ class Trainer:
             train_dataset, built_valid = build_datasets(c, train_tf, eval_tf, model.vclip_config.image_size)
             valid_dataset = valid_dataset if valid_dataset is not None else built_valid
         self.train_set, self.valid_set = train_dataset, valid_dataset
+        self.objective = objective_for(train_dataset)
+        # uint8 image batches (raw pixels from the train transform) get its device-side colour + normalisation
+        self.batch_transform = getattr(train_tf, "batch_transform", None)
         n = len(train_dataset)  # type: ignore[arg-type]
         self.steps_per_epoch = steps_per_epoch(n, c.batch_size, env.world_size, c.accum_steps)
         if self.steps_per_epoch < 1:
@@ -138,6 +162,7 @@ class Trainer:
         state = ckpt.load_checkpoint(resume_path) if resume_path else None
         if state is None and c.warm_start:
             warm_start(model, c.warm_start)
+        model = self.objective.prepare_model(model, c.seed)
         if c.grad_checkpointing:
             model.set_grad_checkpointing(True)
         model.to(env.device)
@@ -153,7 +178,6 @@ class Trainer:
             self.model = DistributedDataParallel(
                 model, device_ids=[env.device.index] if env.device.type == "cuda" else None,
                 gradient_as_bucket_view=True)
-        self.loss_fn = ContrastiveLoss()
         self.optimizer = build_optimizer(model, c.lr, c.weight_decay, (c.beta1, c.beta2), c.eps)
         self.schedule = build_scheduler(self.optimizer, c.lr, c.warmup_steps, self.total_steps)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
@@ -228,16 +252,26 @@ class Trainer:
             generator=torch.Generator().manual_seed(item_seed(c.seed, self.epoch, self.batch)),
             prefetch_factor=4 if c.num_workers > 0 else None, persistent_workers=False)
 
+    def _device_batch(self, batch: Any) -> list[torch.Tensor]:
+        """The micro-batch on the device; ``uint8`` images then go through :attr:`batch_transform`,
+        its random draws seeded from (seed, epoch, micro-batch, rank) so that a resume redraws them."""
+        batch = self.objective.to_device(batch, self.env.device)
+        if self.batch_transform is None:
+            return batch
+        gen = torch.Generator().manual_seed(batch_seed(self.config.seed, self.epoch, self.batch, self.env.rank))
+        return self.objective.map_images(
+            batch, lambda images: self.batch_transform(images, gen) if images.dtype == torch.uint8 else images)
+
     def validate(self) -> dict[str, float]:
         if self.valid_set is None:
             return {}
         c = self.config
         t0 = time.perf_counter()
-        metrics = evaluate(self.model, self.valid_set, self.env, self.tokenizer,
-                           batch_size=c.valid_batch_size, loss_batch_size=c.batch_size * self.env.world_size,
-                           num_workers=min(c.num_workers, 2), max_samples=c.valid_max_samples,
-                           label_names=c.zeroshot_labels, autocast=self.autocast,
-                           prompts=self.zs_prompts, label_classes=self.zs_classes)
+        metrics = self.objective.evaluate(
+            self.model, self.valid_set, self.env, self.tokenizer, batch_size=c.valid_batch_size,
+            loss_batch_size=c.batch_size * self.env.world_size, num_workers=min(c.num_workers, 2),
+            max_samples=c.valid_max_samples, label_names=c.zeroshot_labels, autocast=self.autocast,
+            prompts=self.zs_prompts, label_classes=self.zs_classes)
         self.recorder.log(self.step, self.epoch, "valid", metrics)
         if self.env.is_main:
             shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
@@ -262,10 +296,12 @@ class Trainer:
         losses: deque[tuple[int, float]] = deque(maxlen=10_000)
         valid: dict[str, float] = {}
         self.model.train()
+        objective = self.objective
+        scale_names = getattr(self.raw_model, "logit_scale_names", ("logit_scale",))
         if env.is_main:
-            logger.info("training %s: %d steps (%d per epoch), global batch %d on %d process(es), %s, "
-                        "output %s", c.model, self.total_steps, self.steps_per_epoch, global_batch,
-                        env.world_size, self.dtype or "fp32", self.out)
+            logger.info("training %s (%s objective): %d steps (%d per epoch), global batch %d on %d process(es), "
+                        "%s, output %s", c.model, objective.name, self.total_steps, self.steps_per_epoch,
+                        global_batch, env.world_size, self.dtype or "fp32", self.out)
         bar = None
         if env.is_main and c.progress:
             from tqdm import tqdm
@@ -283,21 +319,20 @@ class Trainer:
                 while self.batch < usable and self.step < stop:
                     lr = float(self.schedule(self.step))
                     step_loss = 0.0
+                    step_parts = dict.fromkeys(objective.parts, 0.0)
                     for micro in range(c.accum_steps):
-                        images, tokens = next(batches)
-                        images = images.to(env.device, non_blocking=True)
-                        tokens = tokens.to(env.device, non_blocking=True).long()
+                        batch = self._device_batch(next(batches))
                         sync = micro == c.accum_steps - 1 or not env.distributed
                         ctx = contextlib.nullcontext() if sync else self.model.no_sync()  # type: ignore[operator]
                         with ctx:
-                            with self.autocast():
-                                img_f, txt_f, scale = self.model(images, tokens)
-                            loss = self.loss_fn(img_f, txt_f, scale)
+                            loss, parts = objective.loss(self.model, batch, self.autocast)
                             value = float(loss.detach())
                             if not math.isfinite(value):
                                 raise self._diverged(value)
                             self.scaler.scale(loss / c.accum_steps).backward()
                         step_loss += value / c.accum_steps
+                        for name, part in parts.items():
+                            step_parts[name] += float(part.detach()) / c.accum_steps
                         self.batch += 1
                     if c.grad_clip is not None:
                         self.scaler.unscale_(self.optimizer)
@@ -314,7 +349,8 @@ class Trainer:
                         rate = window_samples / max(now - window_t, 1e-9)
                         window_t, window_samples = now, 0
                         self.recorder.log(self.step, self.epoch, "train", {
-                            "loss": step_loss, "lr": lr, "logit_scale": float(self.raw_model.logit_scale.detach().exp()),
+                            "loss": step_loss, **{f"loss_{k}": v for k, v in step_parts.items()}, "lr": lr,
+                            **{k: float(getattr(self.raw_model, k).detach().exp()) for k in scale_names},
                             "samples_per_s": rate, "host_rss_mb": host_rss_mb(),
                             "anon_rss_mb": anon_rss_mb()})
                         if bar is not None:

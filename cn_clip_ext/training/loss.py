@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .distributed import is_dist
+from .distributed import all_gather_tensor, is_dist
 
 LOGIT_SCALE_MAX = 4.6052  # ln(100): CLIP's clamp on the learnable log temperature
 
@@ -69,12 +69,48 @@ class ContrastiveLoss(torch.nn.Module):
         return clip_loss(all_image, all_text, logit_scale.mean())
 
 
+def masked_clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
+                     present: torch.Tensor) -> torch.Tensor:
+    """:func:`clip_loss` over the rows where ``present`` is true (the others take no part).
+
+    With no present row the loss is a zero that still depends on every input, so each parameter
+    gets a (zero) gradient and distributed data parallel sees the same graph on every step.
+    """
+    rows = present.nonzero().view(-1)
+    if rows.numel() == 0:
+        return (image_features.float().sum() + text_features.float().sum() + logit_scale.float()) * 0.0
+    return clip_loss(image_features[rows], text_features[rows], logit_scale)
+
+
+class TripartiteLoss(torch.nn.Module):
+    """RET-CLIP's loss: patient + left-eye + right-eye CLIP losses over the global batch.
+
+    Takes a :class:`cn_clip_ext.tripartite.TripartiteOutput`; each head's features are gathered
+    across ranks with gradients (:func:`gather_features`) and the eye masks without. The patient
+    loss uses every row; each eye loss only the patients that have that eye. Returns
+    ``(sum of the three, {"global": ..., "left": ..., "right": ...})``.
+    """
+
+    def forward(self, out) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # type: ignore[override]
+        img_g, txt_g = gather_features(out.image_global, out.text_global)
+        img_l, txt_l = gather_features(out.image_left, out.text_left)
+        img_r, txt_r = gather_features(out.image_right, out.text_right)
+        has_l = all_gather_tensor(out.has_left.to(torch.uint8)).bool()
+        has_r = all_gather_tensor(out.has_right.to(torch.uint8)).bool()
+        parts = {"global": clip_loss(img_g, txt_g, out.scale_global.mean()),
+                 "left": masked_clip_loss(img_l, txt_l, out.scale_left.mean(), has_l),
+                 "right": masked_clip_loss(img_r, txt_r, out.scale_right.mean(), has_r)}
+        return parts["global"] + parts["left"] + parts["right"], parts
+
+
 @torch.no_grad()
 def clamp_logit_scale(model: torch.nn.Module) -> None:
-    """Keep ``logit_scale`` (a log temperature) in ``[0, ln 100]`` as CLIP does after each step."""
+    """Keep every log temperature (``logit_scale``, and those a model lists in ``logit_scale_names``)
+    in ``[0, ln 100]`` as CLIP does after each step."""
     target = getattr(model, "module", model)
-    target.logit_scale.clamp_(0, LOGIT_SCALE_MAX)
+    for name in getattr(target, "logit_scale_names", ("logit_scale",)):
+        getattr(target, name).clamp_(0, LOGIT_SCALE_MAX)
 
 
-__all__ = ["ContrastiveLoss", "LOGIT_SCALE_MAX", "clamp_logit_scale", "clip_loss", "contrastive_logits",
-           "gather_features"]
+__all__ = ["ContrastiveLoss", "LOGIT_SCALE_MAX", "TripartiteLoss", "clamp_logit_scale", "clip_loss",
+           "contrastive_logits", "gather_features", "masked_clip_loss"]
