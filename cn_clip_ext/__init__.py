@@ -7,31 +7,39 @@ Public API::
 """
 from __future__ import annotations
 
-try:
-    import cn_clip.clip  # noqa: F401  (the dependency everything here builds on)
-except ImportError as exc:  # pragma: no cover - only without the set-up script
-    raise ImportError(
-        "cn_clip_ext needs cn_clip 1.6.0: pip install --no-deps cn_clip==1.6.0 "
-        "(run_scripts/setup.sh does this)"
-    ) from exc
+import importlib
+import importlib.util
+from typing import Any
 
-from .factory import (
-    VISIONCLIP,
-    VISIONCLIP_TINY,
-    ModelConfig,
-    UnknownModelError,
-    add_model_config,
-    create_model,
-    create_model_and_transforms,
-    get_model_config,
-    get_tokenizer,
-    list_models,
-    list_towers,
-)
-from .pretrained import load_pretrained
-from .tokenizer import Tokenizer
-from .transforms import CLIP_MEAN, CLIP_STD, AugmentConfig, FundusPreprocess, eval_transform, train_transform
-from .tripartite import TripartiteCLIP, create_tripartite_model
+if importlib.util.find_spec("cn_clip") is None:  # pragma: no cover - only without the set-up script
+    raise ImportError("cn_clip_ext needs cn_clip 1.6.0: pip install --no-deps cn_clip==1.6.0 "
+                      "(run_scripts/setup.sh does this)")
+
+_EXPORTS = {
+    "factory": ("VISIONCLIP", "VISIONCLIP_TINY", "ModelConfig", "UnknownModelError", "add_model_config",
+                "create_model", "create_model_and_transforms", "get_model_config", "get_tokenizer", "list_models",
+                "list_towers"),
+    "pretrained": ("load_pretrained",),
+    "tokenizer": ("Tokenizer",),
+    "transforms": ("CLIP_MEAN", "CLIP_STD", "AugmentConfig", "FundusPreprocess", "eval_transform", "train_transform"),
+    "tripartite": ("TripartiteCLIP", "create_tripartite_model"),
+}
+_HOME = {name: module for module, names in _EXPORTS.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    """The public API, imported on first use: programs that only pack data never load torch."""
+    module = _HOME.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_HOME])
+
 
 __version__ = "0.1.0"
 

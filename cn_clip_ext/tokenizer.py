@@ -6,20 +6,45 @@ truncated to ``context_length - 2`` tokens and zero-padded (``[PAD]`` is id 0).
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import sys
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_CONTEXT_LENGTH = 52
 
 
+def _cn_clip_clip_dir() -> Path:
+    """The folder of the ``cn_clip.clip`` package, found without importing it (or torch)."""
+    spec = importlib.util.find_spec("cn_clip")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("cn_clip is not installed: pip install --no-deps cn_clip==1.6.0")
+    return Path(list(spec.submodule_search_locations)[0]) / "clip"
+
+
 def vocab_path() -> Path:
     """cn_clip's ``vocab.txt`` (21,128 entries, RoBERTa-wwm-ext-chinese)."""
-    import cn_clip.clip
+    return _cn_clip_clip_dir() / "vocab.txt"
 
-    return Path(cn_clip.clip.__file__).parent / "vocab.txt"
+
+@lru_cache(maxsize=1)
+def wordpiece() -> Any:
+    """cn_clip's own word-piece tokenizer (``FullTokenizer`` on its vocabulary).
+
+    Its ``bert_tokenizer`` module is loaded on its own when ``cn_clip.clip`` is not imported yet,
+    so that counting caption tokens (the LMDB build) needs neither torch nor the model code.
+    """
+    module = sys.modules.get("cn_clip.clip.bert_tokenizer")
+    if module is None:
+        spec = importlib.util.spec_from_file_location("cn_clip_ext._cn_clip_bert_tokenizer",
+                                                      _cn_clip_clip_dir() / "bert_tokenizer.py")
+        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module.FullTokenizer(vocab_file=str(vocab_path()))
 
 
 def vocab_sha256(path: Path | None = None) -> str:

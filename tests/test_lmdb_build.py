@@ -184,3 +184,17 @@ def test_cli_help_mentions_inputs(capsys):
     text = capsys.readouterr().out
     assert "--image-col" in text and "--shards" in text and "--verify" in text
     assert set(COLUMNS) >= {"file_name", "diagnosticAdvice"}
+
+
+def test_packing_data_loads_no_torch():
+    """The build tool (and its digest) never import torch or the model code: start-up stays short."""
+    import subprocess
+    import sys
+
+    code = ("import sys, vclip_data_prep.build_lmdb, cn_clip_ext.data.lmdb_digest;"
+            "from cn_clip_ext.data.validate import caption_tokens;"
+            "assert caption_tokens('可见出血斑。') == 6, caption_tokens('可见出血斑。');"
+            "print(sorted(m for m in ('torch', 'cn_clip.clip.model') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

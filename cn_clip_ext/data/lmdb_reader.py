@@ -1,9 +1,7 @@
 """Read Chinese-CLIP LMDB splits safely and lazily.
 
-``pairs`` values are pickles, and ``pickle.loads`` on a file from elsewhere can run any code.
-:func:`safe_loads_pair` and :func:`safe_loads_patient` unpickle with a :class:`RestrictedUnpickler`
-that resolves no globals at all (so no callable can be reached) and then accept only tuples,
-``str`` and ``int`` in the record's shape.
+``pairs`` values are pickles, read only through :mod:`.lmdb_pickle`'s restricted unpickler
+(:func:`safe_loads_pair`, :func:`safe_loads_patient`, re-exported here), which runs no code.
 
 :class:`LmdbPairDataset` (one image per sample) and :class:`LmdbPatientDataset` (RET-CLIP: both
 eyes of a patient per sample) open their environments on first use in each process (each
@@ -16,11 +14,10 @@ import base64
 import csv
 import io
 import os
-import pickle
 from functools import lru_cache
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, Callable, Mapping
 
 import torch
 from PIL import Image
@@ -28,69 +25,12 @@ from torch.utils.data import Dataset
 
 from ..tokenizer import Tokenizer
 from ..transforms import eval_transform, open_rgb
+from .lmdb_pickle import (  # noqa: F401  (re-exported)
+    PairRecord, PatientRecord, RestrictedUnpickler, UnsafeRecordError, safe_loads_pair, safe_loads_patient,
+)
 from .lmdb_store import IMGS, NUM_IMAGES, NUM_SAMPLES, PAIRS, acquire_readonly, readonly, release_readonly
 from .lmdb_tables import LABELS_TABLE, read_kind
 from .validate import PAIRS_KIND, PATIENTS_KIND, normalize_caption
-
-
-class UnsafeRecordError(pickle.UnpicklingError):
-    """A ``pairs`` record that is not a plain tuple of the expected shape."""
-
-
-class RestrictedUnpickler(pickle.Unpickler):
-    """An unpickler that refuses every global (class, function) and persistent id."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        raise UnsafeRecordError(f"refusing to load global {module}.{name} from an LMDB record")
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise UnsafeRecordError("refusing a persistent id in an LMDB record")
-
-
-def _plain(obj: Any) -> bool:
-    if type(obj) in (str, int):
-        return True
-    return type(obj) is tuple and all(_plain(x) for x in obj)
-
-
-class PairRecord(NamedTuple):
-    image_id: int | str
-    text_id: int | str
-    text: str
-
-
-def _restricted_load(data: bytes) -> Any:
-    return RestrictedUnpickler(io.BytesIO(bytes(data))).load()
-
-
-def safe_loads_pair(data: bytes) -> PairRecord:
-    """Unpickle a ``pairs`` value: ``(image_id, text_id, text)`` of ``int``/``str`` or raise."""
-    obj = _restricted_load(data)
-    if not _plain(obj) or len(obj) != 3 or type(obj[2]) is not str:
-        raise UnsafeRecordError(f"expected (image_id, text_id, text), got {type(obj).__name__}")
-    return PairRecord(*obj)
-
-
-class PatientRecord(NamedTuple):
-    patient_id: str
-    left_image_id: int
-    """``-1`` when the left eye is not stored."""
-    right_image_id: int
-    report: str
-
-
-def safe_loads_patient(data: bytes) -> PatientRecord:
-    """Unpickle a patient ``pairs`` value: ``(patient_id, left_image_id, right_image_id, report)``
-    with ``str`` id and report, ``int`` image ids (``-1``: no image, not both), or raise."""
-    obj = _restricted_load(data)
-    shape_ok = (_plain(obj) and len(obj) == 4 and type(obj[0]) is str and type(obj[3]) is str
-                and type(obj[1]) is int and type(obj[2]) is int and obj[1] >= -1 and obj[2] >= -1)
-    if not shape_ok:
-        raise UnsafeRecordError(f"expected (patient_id, left_image_id, right_image_id, report), "
-                                f"got {type(obj).__name__}")
-    if obj[1] < 0 and obj[2] < 0:
-        raise UnsafeRecordError(f"patient {obj[0]!r} has no eye image")
-    return PatientRecord(*obj)
 
 
 class _LmdbSplit(Dataset):
