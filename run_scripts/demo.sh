@@ -5,13 +5,13 @@
 # comparison.
 # Everything goes under --out; re-running reuses every stage whose inputs did not change.
 #
-#   bash run_scripts/demo.sh                       # defaults: tiny model, ~10 minutes on 2 cores
+#   bash run_scripts/demo.sh                       # defaults: tiny model, ~9 minutes on 2 cores
 #   bash run_scripts/demo.sh --images 20000 --steps 3000 --arch RN50@RoBERTa-wwm-ext-base-chinese --batch 128
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 out=$root/demo_out
-images=4000
+images=6000
 eval_images=200
 steps=1000
 batch=32
