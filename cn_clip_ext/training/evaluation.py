@@ -68,15 +68,42 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, env: DistEnv, tokenizer: 
              prompts: PromptSet | None = None, label_classes: LabelClasses | None = None) -> dict[str, float]:
     """Metrics on ``dataset`` (first ``max_samples`` items): ``loss``, ``i2t_r1`` ... and, for each of
     ``label_names`` that ``label_classes`` maps to classes of ``prompts``, ``zs_<label>_bacc``."""
-    net = getattr(model, "module", model)
-    was_training = net.training
-    net.eval()
     n = len(dataset) if max_samples is None else min(len(dataset), max_samples)  # type: ignore[arg-type]
     if n == 0:
         return {}
-    loader = DataLoader(Subset(dataset, _shard(n, env.world_size, env.rank)), batch_size=batch_size,
-                        num_workers=num_workers, pin_memory=env.device.type == "cuda",
-                        generator=torch.Generator().manual_seed(0))  # leaves the global RNG alone
+    with _evaluation_mode(model) as net:
+        return _evaluate_pairs(net, dataset, n, env, tokenizer, batch_size, loss_batch_size, num_workers,
+                               label_names, autocast, prompts, label_classes)
+
+
+def _evaluation_mode(model: torch.nn.Module) -> contextlib.AbstractContextManager:
+    """The unwrapped (DDP-free) model in eval mode; its training mode comes back afterwards."""
+    net = getattr(model, "module", model)
+
+    @contextlib.contextmanager
+    def scope():
+        was_training = net.training
+        net.eval()
+        try:
+            yield net
+        finally:
+            net.train(was_training)
+
+    return scope()
+
+
+def _loader(dataset: Dataset, n: int, env: DistEnv, batch_size: int, num_workers: int) -> DataLoader:
+    """This rank's share of the first ``n`` items, in order."""
+    return DataLoader(Subset(dataset, _shard(n, env.world_size, env.rank)), batch_size=batch_size,
+                      num_workers=num_workers, pin_memory=env.device.type == "cuda",
+                      generator=torch.Generator().manual_seed(0))  # leaves the global RNG alone
+
+
+def _evaluate_pairs(net: torch.nn.Module, dataset: Dataset, n: int, env: DistEnv, tokenizer: Callable,
+                    batch_size: int, loss_batch_size: int, num_workers: int, label_names: Sequence[str],
+                    autocast: Callable[[], contextlib.AbstractContextManager], prompts: PromptSet | None,
+                    label_classes: LabelClasses | None) -> dict[str, float]:
+    loader = _loader(dataset, n, env, batch_size, num_workers)
     img_parts, txt_parts, tok_parts = [], [], []
     for images, tokens in loader:
         images = images.to(env.device, non_blocking=True)
@@ -91,9 +118,9 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, env: DistEnv, tokenizer: 
     scale = net.logit_scale.exp().float()
 
     out: dict[str, float] = {}
-    losses = [float(clip_loss(img[s:s + loss_batch_size], txt[s:s + loss_batch_size], scale))
-              for s in range(0, n - loss_batch_size + 1, loss_batch_size)] or [float(clip_loss(img, txt, scale))]
-    out["loss"] = sum(losses) / len(losses)
+    loss = _chunked_loss(img, txt, scale, torch.ones(n, dtype=torch.bool, device=img.device), loss_batch_size)
+    if loss is not None:
+        out["loss"] = loss
     # identical captions are interchangeable: group texts by their token ids
     _, groups = torch.unique(tok.cpu(), dim=0, return_inverse=True)
     groups = groups.to(img.device)
@@ -101,8 +128,6 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, env: DistEnv, tokenizer: 
         rec = recall_at_k(q, g, (1, 5), groups, groups)
         out[f"{key}_r1"], out[f"{key}_r5"] = rec[1], rec[5]
     out.update(_zero_shot(net, dataset, img, n, tokenizer, env, label_names, prompts, label_classes))
-    if was_training:
-        net.train()
     return out
 
 
@@ -154,17 +179,21 @@ def evaluate_patients(model: torch.nn.Module, dataset: Dataset, env: DistEnv, to
     ``loss`` is the sum of the three, as in training. Zero-shot ``zs_<label>_bacc`` uses the
     patient feature and runs only when the dataset has such label columns.
     """
-    from ..tripartite import HEADS
-
-    net = getattr(model, "module", model)
-    was_training = net.training
-    net.eval()
     n = len(dataset) if max_samples is None else min(len(dataset), max_samples)  # type: ignore[arg-type]
     if n == 0:
         return {}
-    loader = DataLoader(Subset(dataset, _shard(n, env.world_size, env.rank)), batch_size=batch_size,
-                        num_workers=num_workers, pin_memory=env.device.type == "cuda",
-                        generator=torch.Generator().manual_seed(0))
+    with _evaluation_mode(model) as net:
+        return _evaluate_patients(net, dataset, n, env, tokenizer, batch_size, loss_batch_size, num_workers,
+                                  label_names, autocast, prompts, label_classes)
+
+
+def _evaluate_patients(net: torch.nn.Module, dataset: Dataset, n: int, env: DistEnv, tokenizer: Callable,
+                       batch_size: int, loss_batch_size: int, num_workers: int, label_names: Sequence[str],
+                       autocast: Callable[[], contextlib.AbstractContextManager], prompts: PromptSet | None,
+                       label_classes: LabelClasses | None) -> dict[str, float]:
+    from ..tripartite import HEADS
+
+    loader = _loader(dataset, n, env, batch_size, num_workers)
     parts: dict[str, list[torch.Tensor]] = {}
     for left, right, has_left, has_right, tokens in loader:
         batch = [t.to(env.device, non_blocking=True) for t in (left, right, has_left, has_right, tokens)]
@@ -194,8 +223,6 @@ def evaluate_patients(model: torch.nn.Module, dataset: Dataset, env: DistEnv, to
             metrics[f"{prefix}{key}_r1"], metrics[f"{prefix}{key}_r5"] = rec[1], rec[5]
     metrics.update(_zero_shot(net, dataset, full["image_global"], n, tokenizer, env, label_names, prompts,
                               label_classes))
-    if was_training:
-        net.train()
     return metrics
 
 
