@@ -38,10 +38,11 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas: tuple[float, float],
                     eps: float) -> torch.optim.AdamW:
-    """AdamW over :func:`param_groups` (fused on CUDA when available)."""
+    """AdamW over :func:`param_groups`: fused on CUDA; on the CPU the multi-tensor (``foreach``)
+    update, about twice as fast as PyTorch's CPU default for the tiny model's ~200 tensors."""
     groups = param_groups(model, weight_decay)
     on_cuda = all(p.is_cuda for g in groups for p in g["params"])
-    kwargs = {"fused": True} if on_cuda else {}
+    kwargs = {"fused": True} if on_cuda else {"foreach": True}
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, **kwargs)
 
 
