@@ -18,6 +18,7 @@ from typing import Any, Mapping
 
 import torch
 
+from .errors import UserError
 from .tokenizer import Tokenizer
 from .transforms import CLIP_MEAN, CLIP_STD, AugmentConfig, eval_transform, train_transform
 
@@ -33,7 +34,11 @@ _VISION: dict[str, Mapping[str, Any]] = {}
 _TEXT: dict[str, Mapping[str, Any]] = {}
 
 
-class UnknownModelError(ValueError):
+class ModelConfigError(UserError, ValueError):
+    """An architecture that cannot be built as asked (reported in one line by the programs)."""
+
+
+class UnknownModelError(ModelConfigError):
     """Raised for a model name that names no registered vision or text tower."""
 
 
@@ -140,7 +145,8 @@ def get_model_config(name: str, context_length: int = 52) -> ModelConfig:
         )
     max_pos = int(_TEXT[text]["text_max_position_embeddings"])
     if context_length > max_pos:
-        raise ValueError(f"context_length {context_length} exceeds {text}'s {max_pos} positions")
+        raise ModelConfigError(f"context length {context_length} exceeds the {max_pos} positions of {text} "
+                               f"(model {name}); use --context-length {max_pos} or less")
     return ModelConfig(name, _VISION[vision], _TEXT[text], context_length)
 
 

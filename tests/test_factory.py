@@ -105,3 +105,12 @@ def test_broken_user_config_is_a_clear_error(tmp_path):
 def test_context_length_beyond_positions_is_refused():
     with pytest.raises(ValueError, match="positions"):
         vc.get_model_config(vc.VISIONCLIP_TINY, context_length=65)
+
+
+def test_context_longer_than_the_text_tower_is_a_one_line_user_error():
+    from cn_clip_ext.errors import UserError
+
+    with pytest.raises(UserError, match=r"context length 100 exceeds the 64 positions of BERT-tiny-chinese") as err:
+        vc.get_model_config(vc.VISIONCLIP_TINY, context_length=100)
+    assert isinstance(err.value, ValueError) and len(str(err.value).splitlines()) == 1
+    assert vc.get_model_config(vc.VISIONCLIP, context_length=100).context_length == 100  # RoBERTa-base has 512
