@@ -167,10 +167,24 @@ class AugmentConfig:
 
 
 class EvalTransform(FundusPreprocess):
-    """Deterministic: preprocessing, then CLIP normalisation."""
+    """Deterministic: preprocessing, then CLIP normalisation.
+
+    ``transform(image)`` is the normalised float tensor. Batched encoders may instead take
+    ``transform.pixels(image)`` (the ``uint8`` geometry, a quarter of the bytes between processes)
+    and normalise whole batches with ``transform.batch_transform`` (same result).
+    """
 
     def __call__(self, image: Image.Image) -> torch.Tensor:  # type: ignore[override]
         return to_normalized_tensor(place_array(image, self.size, self.mode))
+
+    def pixels(self, image: Image.Image) -> torch.Tensor:
+        """``uint8`` ``[3, size, size]``: the preprocessing without the normalisation."""
+        return to_uint8_tensor(place_array(image, self.size, self.mode))
+
+    @property
+    def batch_transform(self) -> "ColorJitterNormalize":
+        """CLIP normalisation of a ``uint8`` batch from :meth:`pixels` (no jitter)."""
+        return ColorJitterNormalize()
 
     def __repr__(self) -> str:
         return f"EvalTransform(size={self.size}, mode={self.mode!r})"

@@ -26,15 +26,19 @@ class _Images(Dataset):
     """
 
     def __init__(self, eval_set: EvalSet, transform: Callable):
-        self.eval_set, self.transform = eval_set, transform
+        self.eval_set = eval_set
         size = getattr(transform, "size", None)
         self.min_size = 2 * size if isinstance(size, int) else None
+        # the fundus eval transform splits into uint8 pixels (workers) and batch normalisation (here)
+        self.per_image: Callable = getattr(transform, "pixels", transform)
+        self.per_batch: Callable | None = getattr(transform, "batch_transform", None) if hasattr(
+            transform, "pixels") else None
 
     def __len__(self) -> int:
         return len(self.eval_set)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        return self.transform(self.eval_set.load(index, self.min_size))
+        return self.per_image(self.eval_set.load(index, self.min_size))
 
 
 def _cpu_count() -> int:
@@ -75,12 +79,16 @@ def _channels_last(model: torch.nn.Module) -> Iterator[None]:
 def encode_images(model: torch.nn.Module, eval_set: EvalSet, transform: Callable, batch_size: int = 64,
                   workers: int = 2, device: str | torch.device = "cpu", progress: bool = True) -> torch.Tensor:
     """``[N, D]`` L2-normalised image embeddings, in the data set's order."""
-    loader = DataLoader(_Images(eval_set, transform), batch_size=batch_size, num_workers=workers,
+    images = _Images(eval_set, transform)
+    loader = DataLoader(images, batch_size=batch_size, num_workers=workers,
                         persistent_workers=False, pin_memory=torch.device(device).type == "cuda")
     feats = []
     with _threads_beside_workers(device, workers), _channels_last(model):
         for batch in tqdm(loader, desc=f"encode {eval_set.name}", disable=not progress, leave=False):
-            batch = batch.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            batch = batch.to(device, non_blocking=True)
+            if images.per_batch is not None:
+                batch = images.per_batch(batch)
+            batch = batch.contiguous(memory_format=torch.channels_last)
             feats.append(F.normalize(model.encode_image(batch).float(), dim=-1).cpu())
     return torch.cat(feats)
 
