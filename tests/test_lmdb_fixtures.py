@@ -2,7 +2,13 @@
 from __future__ import annotations
 
 import csv
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -61,3 +67,30 @@ def make_synfundus(root: Path, n: int, seed: int = 0, size: int = 48, encoding: 
         rows.append(row_for(i, rng))
     write_csv(root / "SynFundus-1M_annotation.csv", rows, encoding)
     return rows
+
+
+def kill_build_midway(args: list[str], out: Path, after_row: int, timeout: float = 120) -> Any:
+    """Run ``vclip-build-lmdb ARGS`` (writing to ``out``) in a subprocess, throttled, and SIGKILL its process
+    group, workers included, like ``kill -9``, once its journal has passed ``after_row``; the journal cursor then."""
+    import pytest
+
+    from cn_clip_ext.data.lmdb_journal import read_cursor
+    from cn_clip_ext.data.lmdb_writer import THROTTLE_ENV
+
+    proc = subprocess.Popen([sys.executable, "-m", "vclip_data_prep.build_lmdb", *args],
+                            env={**os.environ, THROTTLE_ENV: "0.2"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            cursor = read_cursor(out) if (out / ".build").exists() else None
+            if cursor is not None and cursor.next_row > after_row:
+                break
+            assert proc.poll() is None, "the build ended before it could be killed"
+            time.sleep(0.02)
+        else:
+            pytest.fail("the build made no progress")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return cursor

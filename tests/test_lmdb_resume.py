@@ -1,19 +1,13 @@
 """Resume: a build killed with SIGKILL mid-way and run again equals an uninterrupted build."""
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from cn_clip_ext.data.lmdb_digest import content_digest, verify_output
 from cn_clip_ext.data.lmdb_journal import read_cursor
-from cn_clip_ext.data.lmdb_writer import THROTTLE_ENV
-from test_lmdb_fixtures import make_synfundus
+from test_lmdb_fixtures import kill_build_midway, make_synfundus
 from vclip_data_prep.build_lmdb import main
 
 ROWS, BATCH = 48, 4
@@ -24,24 +18,8 @@ def _args(root: Path, out: Path) -> list[str]:
 
 
 def _start_and_kill(root: Path, out: Path, kill_after_row: int) -> int:
-    """Run the real program in a subprocess, SIGKILL its process group mid-build; the cursor row."""
-    env = {**os.environ, THROTTLE_ENV: "0.2"}
-    proc = subprocess.Popen([sys.executable, "-m", "vclip_data_prep.build_lmdb", *_args(root, out)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            cursor = read_cursor(out) if (out / ".build").exists() else None
-            if cursor is not None and cursor.next_row > kill_after_row:
-                break
-            assert proc.poll() is None, "the build ended before it could be killed"
-            time.sleep(0.02)
-        else:
-            pytest.fail("the build made no progress")
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the program and its worker processes, like kill -9
-        proc.wait()
-    return cursor.next_row
+    """Run the real program in a subprocess, SIGKILL it mid-build; the cursor row."""
+    return kill_build_midway(_args(root, out), out, kill_after_row).next_row
 
 
 def test_killed_build_resumes_to_identical_digest(tmp_path, capsys):

@@ -6,10 +6,6 @@ import json
 import os
 import pickle
 import random
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import lmdb
@@ -20,11 +16,10 @@ from PIL import Image
 
 from cn_clip_ext.data.captions import make_patient_report
 from cn_clip_ext.data.lmdb_digest import content_digest, verify_output
-from cn_clip_ext.data.lmdb_journal import read_cursor
 from cn_clip_ext.data.lmdb_reader import (
     LmdbPairDataset, LmdbPatientDataset, UnsafeRecordError, dataset_kind, open_lmdb_dataset, safe_loads_patient,
 )
-from cn_clip_ext.data.lmdb_writer import THROTTLE_ENV, BuildConfig, build_lmdb
+from cn_clip_ext.data.lmdb_writer import BuildConfig, build_lmdb
 from cn_clip_ext.data.patients import (
     TensorPatients, make_toy_patients, parse_toy_patients_spec, toy_patient_report, toy_patient_splits,
 )
@@ -33,7 +28,7 @@ from cn_clip_ext.data.splits import SPLITS, split_of
 from cn_clip_ext.data.synth import patient_example, sample_patient, write_patients
 from cn_clip_ext.data.validate import ImageOptions, InputSpec
 from cn_clip_ext.transforms import eval_transform
-from test_lmdb_fixtures import make_synfundus
+from test_lmdb_fixtures import kill_build_midway, make_synfundus
 from vclip_data_prep.build_lmdb import main as build_main
 from vclip_data_prep.synth import main as synth_main
 
@@ -263,22 +258,7 @@ def test_killed_patient_build_resumes_to_identical_digest(corpus, tmp_path, caps
     whole = capsys.readouterr().out.split()[0]
     assert whole == "sha256:" + content_digest(tmp_path / "whole")
     out = tmp_path / "resumed"
-    proc = subprocess.Popen([sys.executable, "-m", "vclip_data_prep.build_lmdb", *args, "--out", str(out)],
-                            env={**os.environ, THROTTLE_ENV: "0.2"}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            cursor = read_cursor(out) if (out / ".build").exists() else None
-            if cursor is not None and cursor.next_row > 6:
-                break
-            assert proc.poll() is None, "the build ended before it could be killed"
-            time.sleep(0.02)
-        else:
-            pytest.fail("the build made no progress")
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # like kill -9, workers included
-        proc.wait()
+    cursor = kill_build_midway([*args, "--out", str(out)], out, after_row=6, timeout=60)
     assert cursor.images is not None and not (out / "manifest.json").exists()
     assert build_main([*args, "--out", str(out), "--verify"]) == 0
     assert capsys.readouterr().out.split()[0] == whole

@@ -30,9 +30,9 @@ class _Images(Dataset):
         size = getattr(transform, "size", None)
         self.min_size = 2 * size if isinstance(size, int) else None
         # the fundus eval transform splits into uint8 pixels (workers) and batch normalisation (here)
-        self.per_image: Callable = getattr(transform, "pixels", transform)
-        self.per_batch: Callable | None = getattr(transform, "batch_transform", None) if hasattr(
-            transform, "pixels") else None
+        pixels = getattr(transform, "pixels", None)
+        self.per_image: Callable = pixels or transform
+        self.per_batch: Callable | None = transform.batch_transform if pixels else None
 
     def __len__(self) -> int:
         return len(self.eval_set)
