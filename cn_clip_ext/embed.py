@@ -20,12 +20,13 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .errors import UserError, where
 from .files import read_text_lines
+from .inference import Decoded, SplitTransform, collate_decoded, decoded, forward_batch, image_inference
+from .transforms import open_rgb, read_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -116,27 +117,14 @@ class _ImageFiles(Dataset):
     """Decodes and preprocesses one image per item; failures come back as a reason string."""
 
     def __init__(self, items: Sequence[ImageItem], transform: Callable):
-        self.items, self.transform = items, transform
+        self.items, self.split = items, SplitTransform.of(transform)
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str]:
-        path = self.items[index].path
-        try:
-            with Image.open(path) as img:
-                img.load()
-                return index, self.transform(img), ""
-        except Exception as exc:  # noqa: BLE001 - any decoder failure skips this image only
-            reason = (str(exc).splitlines() or [""])[0][:200] or type(exc).__name__
-            return index, None, f"{type(exc).__name__}: {reason}"
-
-
-def _collate(batch: list[tuple[int, torch.Tensor | None, str]]):
-    good = [(i, x) for i, x, _ in batch if x is not None]
-    bad = [(i, reason) for i, x, reason in batch if x is None]
-    images = torch.stack([x for _, x in good]) if good else None
-    return [i for i, _ in good], images, bad
+    def __getitem__(self, index: int) -> Decoded:
+        decode = read_rgb if self.split.wants_array else open_rgb
+        return decoded(index, lambda: self.split.per_image(decode(self.items[index].path, self.split.min_size)))
 
 
 def _write_outputs(out: Path, emb: np.ndarray, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
@@ -164,14 +152,21 @@ def embed_images(model: torch.nn.Module, transform: Callable, items: Sequence[Im
     out = Path(out_dir)
     if hasattr(model, "require_tower"):
         model.require_tower("image")
-    loader = DataLoader(_ImageFiles(items, transform), batch_size=batch_size, num_workers=workers,
-                        collate_fn=_collate, persistent_workers=False)
+    device = next(model.parameters()).device
+    files = _ImageFiles(items, transform)
+    loader = DataLoader(files, batch_size=forward_batch(batch_size, device), num_workers=workers,
+                        collate_fn=collate_decoded, persistent_workers=False)
     kept: list[int] = []
     chunks: list[np.ndarray] = []
     skipped: list[tuple[str, str]] = []
-    with tqdm(total=len(items), desc="embed images", unit="img", disable=not progress) as bar:
-        for indices, images, bad in loader:
+    batches = iter(loader)  # the workers start decoding while the tower is prepared
+    with tqdm(total=len(items), desc="embed images", unit="img", disable=not progress) as bar, \
+            image_inference(model, device, workers):
+        for indices, images, bad in batches:
             if images is not None:
+                if files.split.per_batch is not None:
+                    images = files.split.per_batch(images.to(device))
+                images = images.contiguous(memory_format=torch.channels_last)
                 chunks.append(model.encode_image(images).float().cpu().numpy())
                 kept += indices
             for i, reason in bad:

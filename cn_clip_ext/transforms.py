@@ -15,14 +15,18 @@ saturation as one 3x3 colour matrix plus offset, then CLIP normalisation. Evalua
 """
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass
-from typing import IO, Callable
+from pathlib import Path
+from typing import IO, Callable, Union
 
 import cv2
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
+
+from .png import png_pixels
 
 cv2.setNumThreads(1)  # one small warp per call, usually in DataLoader workers: a thread pool would only contend
 
@@ -35,14 +39,26 @@ FOV_THRESHOLD = 20
 _GREY = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601 luma, as PIL's "L" mode
 
 
-def fov_bbox(image: Image.Image, threshold: int = FOV_THRESHOLD, probe_size: int = 128) -> tuple[int, int, int, int]:
+RGBImage = Union[Image.Image, np.ndarray]
+"""A PIL image (any mode) or an ``[H, W, 3]`` ``uint8`` RGB array: what the transforms accept."""
+
+
+def rgb_array(image: RGBImage) -> np.ndarray:
+    """``[H, W, 3]`` ``uint8`` RGB array of ``image`` (an array is returned as it is)."""
+    if isinstance(image, np.ndarray):
+        return image
+    return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+
+
+def fov_bbox(image: RGBImage, threshold: int = FOV_THRESHOLD, probe_size: int = 128) -> tuple[int, int, int, int]:
     """Bounding box ``(left, top, right, bottom)`` of the bright field of view.
 
     Computed on a strided view of about ``probe_size`` pixels; the whole image when no FOV is found.
     """
-    w, h = image.size
+    full = rgb_array(image)
+    h, w = full.shape[:2]
     step = max(1, max(w, h) // probe_size)
-    arr = np.asarray(image.convert("RGB") if image.mode != "RGB" else image)[::step, ::step]
+    arr = full[::step, ::step]
     mask = np.maximum(np.maximum(arr[..., 0], arr[..., 1]), arr[..., 2]) > threshold  # max over channels
     if mask.mean() < 0.05:  # too little to be a field of view: keep everything
         return 0, 0, w, h
@@ -52,28 +68,28 @@ def fov_bbox(image: Image.Image, threshold: int = FOV_THRESHOLD, probe_size: int
     return int(left), int(top), int(right), int(bottom)
 
 
-def _fov_square(image: Image.Image) -> tuple[float, float, float, float]:
+def _fov_square(image: np.ndarray) -> tuple[float, float, float, float]:
     left, top, right, bottom = fov_bbox(image)
     side = float(max(right - left, bottom - top))
     return (left + right) / 2, (top + bottom) / 2, side, side
 
 
-def _whole_square(image: Image.Image) -> tuple[float, float, float, float]:
-    w, h = image.size
+def _whole_square(image: np.ndarray) -> tuple[float, float, float, float]:
+    h, w = image.shape[:2]
     return w / 2, h / 2, float(max(w, h)), float(max(w, h))
 
 
-def _whole_image(image: Image.Image) -> tuple[float, float, float, float]:
-    w, h = image.size
+def _whole_image(image: np.ndarray) -> tuple[float, float, float, float]:
+    h, w = image.shape[:2]
     return w / 2, h / 2, float(w), float(h)
 
 
-PREPROCESS_MODES: dict[str, Callable[[Image.Image], tuple[float, float, float, float]]] = {
+PREPROCESS_MODES: dict[str, Callable[[np.ndarray], tuple[float, float, float, float]]] = {
     "fov": _fov_square,  # centre the field of view, keep aspect, pad with black (default)
     "pad": _whole_square,  # keep aspect and pad, no crop
     "squash": _whole_image,  # cn_clip's behaviour: stretch the whole image to a square
 }
-"""Preprocessing mode -> the input region ``(centre x, centre y, width, height)`` to show."""
+"""Preprocessing mode -> the input region ``(centre x, centre y, width, height)`` of an RGB array to show."""
 
 
 @dataclass(frozen=True)
@@ -85,19 +101,26 @@ class Geometry:
     shift: tuple[float, float] = (0.0, 0.0)  # fraction of the output size
 
 
-def place_array(image: Image.Image, size: int, mode: str = "fov", geometry: Geometry = Geometry()) -> np.ndarray:
+def box_reduce(image: np.ndarray, factor: int) -> np.ndarray:
+    """Mean of each ``factor`` x ``factor`` block (pixel ``i`` covers inputs ``i*factor`` up to
+    ``(i+1)*factor``); a last partial block is dropped."""
+    h, w = image.shape[0] // factor, image.shape[1] // factor
+    return cv2.resize(image[:h * factor, :w * factor], (w, h), interpolation=cv2.INTER_AREA)
+
+
+def place_array(image: RGBImage, size: int, mode: str = "fov", geometry: Geometry = Geometry()) -> np.ndarray:
     """``[size, size, 3]`` ``uint8`` RGB array showing the mode's input region, in one resampling.
 
     After an integer box reduction for large shrinks, one bilinear affine warp (OpenCV's, about
     three times PIL's speed) maps the region, rotated, zoomed and shifted by ``geometry``, onto
     the square; outside the input is black. Pixel centres follow PIL's convention.
     """
-    image = image if image.mode == "RGB" else image.convert("RGB")
-    cx, cy, width, height = PREPROCESS_MODES[mode](image)
+    arr = rgb_array(image)
+    cx, cy, width, height = PREPROCESS_MODES[mode](arr)
     kx, ky = width / (size * geometry.zoom), height / (size * geometry.zoom)  # input px per output px
     factor = int(min(kx, ky))
     if factor >= 2:  # box-reduce first so the bilinear resampling does not alias fine lesions
-        image = image.reduce(factor)
+        arr = box_reduce(arr, factor)
         cx, cy, kx, ky = cx / factor, cy / factor, kx / factor, ky / factor
     theta = math.radians(geometry.rotation_deg)
     a, b = kx * math.cos(theta), -kx * math.sin(theta)
@@ -105,38 +128,69 @@ def place_array(image: Image.Image, size: int, mode: str = "fov", geometry: Geom
     ox = size / 2 + geometry.shift[0] * size - 0.5  # output pixel index -> centre, minus the input's half pixel
     oy = size / 2 + geometry.shift[1] * size - 0.5
     matrix = np.array([[a, b, cx - 0.5 - a * ox - b * oy], [d, e, cy - 0.5 - d * ox - e * oy]])
-    return cv2.warpAffine(np.asarray(image), matrix, (size, size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+    return cv2.warpAffine(arr, matrix, (size, size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                           borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
 
 
-def place(image: Image.Image, size: int, mode: str = "fov", geometry: Geometry = Geometry()) -> Image.Image:
+def place(image: RGBImage, size: int, mode: str = "fov", geometry: Geometry = Geometry()) -> Image.Image:
     """Square RGB image of ``size`` showing the mode's input region (:func:`place_array`)."""
     return Image.fromarray(place_array(image, size, mode, geometry), "RGB")
 
 
-def open_rgb(fp: str | IO[bytes], min_size: int | None = None) -> Image.Image:
-    """Decode an image file as RGB. With ``min_size``, JPEGs use libjpeg's DCT scaling (1/2, 1/4,
-    1/8) while both sides stay at least ``min_size``: several times faster, and no coarser than
-    the box reduction :func:`place` applies before resampling when ``min_size`` is twice its output."""
-    with Image.open(fp) as img:
-        if min_size is not None and img.format == "JPEG":
-            img.draft("RGB", (min_size, min_size))
-        img.load()
-        return img if img.mode == "RGB" else img.convert("RGB")
+def _open(fp: str | Path | IO[bytes]) -> tuple[Image.Image, bytes]:
+    """PIL's lazy image of a file's bytes, and the bytes (for libspng)."""
+    data = fp.read() if hasattr(fp, "read") else Path(fp).read_bytes()
+    try:
+        return Image.open(io.BytesIO(data)), data
+    except UnidentifiedImageError:
+        name = getattr(fp, "name", None) if hasattr(fp, "read") else fp
+        raise UnidentifiedImageError(f"cannot identify image file {str(name or 'in memory')!r}") from None
 
 
-def to_uint8_tensor(image: Image.Image | np.ndarray) -> torch.Tensor:
+def _pil_rgb(image: Image.Image, min_size: int | None) -> Image.Image:
+    if min_size is not None and image.format == "JPEG":
+        image.draft("RGB", (min_size, min_size))
+    image.load()
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def open_rgb(fp: str | Path | IO[bytes], min_size: int | None = None) -> Image.Image:
+    """Decode an image file as an RGB PIL image. With ``min_size``, JPEGs use libjpeg's DCT scaling
+    (1/2, 1/4, 1/8) while both sides stay at least ``min_size``: several times faster, and no
+    coarser than the box reduction :func:`place_array` applies before resampling when ``min_size``
+    is twice its output. Intact 8-bit RGB PNGs are decoded by libspng (:mod:`cn_clip_ext.png`)."""
+    img, data = _open(fp)
+    with img:
+        fast = png_pixels(img, data)
+        return Image.fromarray(fast, "RGB") if fast is not None else _pil_rgb(img, min_size)
+
+
+def read_rgb(fp: str | Path | IO[bytes], min_size: int | None = None) -> np.ndarray:
+    """:func:`open_rgb` as an ``[H, W, 3]`` ``uint8`` array, without a PIL copy for libspng's PNGs
+    (what the batch encoders feed :func:`place_array`)."""
+    img, data = _open(fp)
+    with img:
+        fast = png_pixels(img, data)
+        return fast if fast is not None else np.asarray(_pil_rgb(img, min_size))
+
+
+def to_uint8_tensor(image: RGBImage) -> torch.Tensor:
     """``[3, H, W]`` ``uint8`` tensor (a channels-first view) of an RGB image or ``[H, W, 3]`` array."""
     arr = image if isinstance(image, np.ndarray) and image.flags.writeable else np.array(image, dtype=np.uint8)
     return torch.from_numpy(arr).permute(2, 0, 1)
 
 
-def to_normalized_tensor(image: Image.Image | np.ndarray) -> torch.Tensor:
+def to_normalized_tensor(image: RGBImage) -> torch.Tensor:
     """``[3, H, W]`` float tensor normalised with CLIP's mean/std."""
     arr = np.asarray(image, dtype=np.float32)
     scale = 1.0 / (255.0 * np.asarray(CLIP_STD, dtype=np.float32))
     offset = -np.asarray(CLIP_MEAN, dtype=np.float32) / np.asarray(CLIP_STD, dtype=np.float32)
     return torch.from_numpy(np.ascontiguousarray((arr * scale + offset).transpose(2, 0, 1)))
+
+
+def accepts_arrays(transform: object) -> bool:
+    """Whether ``transform`` takes ``[H, W, 3]`` RGB arrays (from :func:`read_rgb`) as well as PIL images."""
+    return isinstance(transform, FundusPreprocess)
 
 
 class FundusPreprocess:
@@ -147,7 +201,7 @@ class FundusPreprocess:
             raise ValueError(f"unknown preprocess mode {mode!r}; choose from {sorted(PREPROCESS_MODES)}")
         self.size, self.mode = size, mode
 
-    def __call__(self, image: Image.Image) -> Image.Image:
+    def __call__(self, image: RGBImage) -> Image.Image:
         return place(image, self.size, self.mode)
 
     def __repr__(self) -> str:
@@ -174,10 +228,10 @@ class EvalTransform(FundusPreprocess):
     and normalise whole batches with ``transform.batch_transform`` (same result).
     """
 
-    def __call__(self, image: Image.Image) -> torch.Tensor:  # type: ignore[override]
+    def __call__(self, image: RGBImage) -> torch.Tensor:  # type: ignore[override]
         return to_normalized_tensor(place_array(image, self.size, self.mode))
 
-    def pixels(self, image: Image.Image) -> torch.Tensor:
+    def pixels(self, image: RGBImage) -> torch.Tensor:
         """``uint8`` ``[3, size, size]``: the preprocessing without the normalisation."""
         return to_uint8_tensor(place_array(image, self.size, self.mode))
 
@@ -265,7 +319,7 @@ class TrainTransform(FundusPreprocess):
     def _uniform(self, spread: float, centre: float = 0.0) -> float:
         return centre + spread * (2 * float(torch.rand(())) - 1) if spread else centre
 
-    def __call__(self, image: Image.Image) -> torch.Tensor:  # type: ignore[override]
+    def __call__(self, image: RGBImage) -> torch.Tensor:  # type: ignore[override]
         a = self.augment
         geometry = Geometry(self._uniform(a.rotation_deg), self._uniform(a.scale, 1.0),
                             (self._uniform(a.translate), self._uniform(a.translate)))

@@ -55,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prompt set: a name in eval/prompts (plain, expert) or a YAML/JSON file")
     p.add_argument("--preprocess", choices=sorted(PREPROCESS_MODES), default="fov",
                    help="fov: crop to the field of view and pad (default); squash: cn_clip's resize")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64,
+                   help="images per forward pass (default 64; at most 16 on the CPU, where larger "
+                        "batches are no faster and start the model later)")
     p.add_argument("--workers", type=int, default=2, help="image decoding processes")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

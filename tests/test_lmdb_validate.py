@@ -170,6 +170,7 @@ def test_missing_csv_and_mismatched_rebuild_are_user_errors(tmp_path):
 
 
 def test_fast_png_path_decodes_like_pil_and_still_rejects_corrupted_data():
+    from cn_clip_ext import png
     from cn_clip_ext.data import validate
 
     rng = np.random.default_rng(11)
@@ -180,7 +181,7 @@ def test_fast_png_path_decodes_like_pil_and_still_rejects_corrupted_data():
     corrupted = bytearray(data)
     corrupted[idat + (len(data) - idat) // 2] ^= 0x10  # one bit inside the compressed pixels
     truncated = data[: len(data) - 40]
-    saved, validate.pyspng = validate.pyspng, None
+    saved, png.pyspng = png.pyspng, None
     try:
         slow = validate.check_image(data, options)
         expected = {}
@@ -189,7 +190,7 @@ def test_fast_png_path_decodes_like_pil_and_still_rejects_corrupted_data():
                 validate.check_image(bad, options)
             expected[name] = exc.value.reason
     finally:
-        validate.pyspng = saved
+        png.pyspng = saved
     assert fast.mode == "RGB" and np.array_equal(np.asarray(fast), np.asarray(slow))
     for name, bad in (("corrupted", bytes(corrupted)), ("truncated", truncated)):
         with pytest.raises(validate.RowReject) as exc:

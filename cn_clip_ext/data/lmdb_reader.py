@@ -24,7 +24,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..tokenizer import Tokenizer
-from ..transforms import eval_transform, open_rgb
+from ..transforms import accepts_arrays, eval_transform, open_rgb, read_rgb
 from .lmdb_pickle import (  # noqa: F401  (re-exported)
     PairRecord, PatientRecord, RestrictedUnpickler, UnsafeRecordError, safe_loads_pair, safe_loads_patient,
 )
@@ -119,7 +119,10 @@ class _LmdbSplit(Dataset):
         """``transform`` of an image; JPEGs decode at a reduced scale no less than twice the
         transform's ``size`` when it has one (see :func:`~cn_clip_ext.transforms.open_rgb`)."""
         size = getattr(self.transform, "size", None)
-        return self.transform(self._decode(image_id, 2 * size if isinstance(size, int) else None))
+        min_size = 2 * size if isinstance(size, int) else None
+        if accepts_arrays(self.transform):  # no PIL copy of the pixels
+            return self.transform(read_rgb(io.BytesIO(self.image_bytes(image_id)), min_size))
+        return self.transform(self._decode(image_id, min_size))
 
     def _tokenize(self, text: str):
         return self.tokenizer(normalize_caption(text))[0]

@@ -9,7 +9,6 @@ import base64
 import codecs
 import csv
 import io
-import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -18,12 +17,8 @@ from typing import Iterator, Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-try:  # libspng: decodes 8-bit PNGs about a fifth faster than PIL's zlib path
-    import pyspng
-except ImportError:  # pragma: no cover - optional speed-up
-    pyspng = None
-
 from ..errors import UserError, where
+from ..png import PNG_SIGNATURE, fast_png, png_bit_depth
 from .schema import PATIENT_COLUMNS
 
 # Row-level reject reasons (the ``reason`` column of rejects.csv).
@@ -65,8 +60,7 @@ RESIZE_FILTER = Image.BILINEAR
 (:func:`encode_image`); training resamples the stored image again anyway."""
 REDUCE_SOFTEN_SIGMA = 0.5
 """Gaussian sigma (pixels) after an integer box reduction: the response of a triangle filter."""
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_SIGNATURES = (_PNG_SIGNATURE, b"\xff\xd8\xff")
+_SIGNATURES = (PNG_SIGNATURE, b"\xff\xd8\xff")
 
 
 @dataclass(frozen=True)
@@ -253,41 +247,10 @@ class RowReject(Exception):
         self.reason, self.detail = reason, detail
 
 
-def _png_bit_depth(data: bytes) -> int:
-    return data[24] if data[:8] == _PNG_SIGNATURE and len(data) > 24 else 8
-
-
-def _png_chunks_intact(data: bytes) -> bool:
-    """Every chunk up to ``IEND`` is complete and matches its CRC-32 (libspng, as pyspng sets it
-    up, ignores checksums, where zlib's stream check makes PIL reject a corrupted file)."""
-    view, pos, n = memoryview(data), len(_PNG_SIGNATURE), len(data)
-    while pos + 12 <= n:
-        end = pos + 8 + int.from_bytes(view[pos:pos + 4], "big")
-        if end + 4 > n or zlib.crc32(view[pos + 4:end]) != int.from_bytes(view[end:end + 4], "big"):
-            return False
-        if view[pos + 4:pos + 8] == b"IEND":
-            return True
-        pos = end + 4
-    return False
-
-
-def _fast_png(image: Image.Image, data: bytes) -> Image.Image | None:
-    """Pixels of an opened, intact 8-bit RGB PNG through libspng, or ``None`` to let PIL decode it
-    (other modes, no libspng, a checksum mismatch or any decoding error: PIL classifies as before)."""
-    if pyspng is None or image.format != "PNG" or image.mode != "RGB" or _png_bit_depth(data) != 8:
-        return None
-    if not _png_chunks_intact(data):
-        return None
-    try:
-        return Image.fromarray(pyspng.load(data, "RGB"), "RGB")
-    except Exception:  # noqa: BLE001 - PIL's own decode names the problem
-        return None
-
-
 def _decode(data: bytes) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data))  # header, chunk checks and the decompression-bomb limit
-        fast = _fast_png(image, data)
+        fast = fast_png(image, data)
         if fast is not None:
             return fast
         image.load()
@@ -324,7 +287,7 @@ def check_image(data: bytes, options: ImageOptions) -> Image.Image:
     if not data:
         raise RowReject(ZERO_BYTE, "file is empty")
     image = _decode(data)
-    depth = _png_bit_depth(data)
+    depth = png_bit_depth(data)
     if image.mode == "RGB" and depth == 8:
         return image
     if not options.convert_modes:

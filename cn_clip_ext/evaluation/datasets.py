@@ -18,7 +18,7 @@ from PIL import Image
 from ..data.schema import FIVES, MESSIDOR2, REFUGE
 from ..errors import UserError, where
 from ..files import read_structured
-from ..transforms import open_rgb
+from ..transforms import RGBImage, open_rgb, read_rgb
 from .sheets import SHEET_SUFFIXES, find_column, read_csv_rows, read_sheet
 
 logger = logging.getLogger(__name__)
@@ -57,6 +57,12 @@ class EvalSet:
         """The image as RGB; a JPEG file may be decoded at a reduced scale no smaller than ``min_size``."""
         ref = self.images[index]
         return self.open_image(ref) if self.open_image else open_image_file(ref, min_size)
+
+    def pixels(self, index: int, min_size: int | None = None) -> RGBImage:
+        """:meth:`load` for the fundus transforms: an ``[H, W, 3]`` array where the file allows it
+        (no PIL copy of a libspng-decoded PNG), else the PIL image."""
+        ref = self.images[index]
+        return self.open_image(ref) if self.open_image else read_rgb(ref, min_size)
 
     def subset(self, indices: Sequence[int]) -> "EvalSet":
         """The images at ``indices`` (in that order), same classes and opener."""

@@ -1,10 +1,8 @@
 """Zero-shot evaluation of one model on one dataset with one prompt set."""
 from __future__ import annotations
 
-import contextlib
-import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -12,6 +10,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from ..errors import UserError
+from ..inference import Decoded, SplitTransform, collate_decoded, decoded, forward_batch, image_inference
 from ..zeroshot import class_embeddings
 from . import scores
 from .datasets import EvalSet
@@ -19,77 +19,44 @@ from .prompts import PromptSet
 
 
 class _Images(Dataset):
-    """Decoded, transformed images of an :class:`EvalSet` (decoded in DataLoader workers).
-
-    When the transform has a square output ``size`` (the fundus transforms), JPEGs are decoded
-    at a reduced scale of at least twice that size (see :func:`.datasets.open_image_file`).
-    """
+    """Decoded images of an :class:`EvalSet` through the per-image half of a transform (in
+    DataLoader workers); see :class:`~cn_clip_ext.inference.SplitTransform`."""
 
     def __init__(self, eval_set: EvalSet, transform: Callable):
         self.eval_set = eval_set
-        size = getattr(transform, "size", None)
-        self.min_size = 2 * size if isinstance(size, int) else None
-        # the fundus eval transform splits into uint8 pixels (workers) and batch normalisation (here)
-        pixels = getattr(transform, "pixels", None)
-        self.per_image: Callable = pixels or transform
-        self.per_batch: Callable | None = transform.batch_transform if pixels else None
+        self.split = SplitTransform.of(transform)
 
     def __len__(self) -> int:
         return len(self.eval_set)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return self.per_image(self.eval_set.load(index, self.min_size))
-
-
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-@contextlib.contextmanager
-def _threads_beside_workers(device: str | torch.device, workers: int) -> Iterator[None]:
-    """On the CPU, leave one core to each decoding worker: the model's intra-op threads competing
-    with the workers for the same cores halves throughput (measured in bench/bench_eval.py)."""
-    before = torch.get_num_threads()
-    wanted = max(1, min(before, _cpu_count() - workers))
-    if torch.device(device).type != "cpu" or workers == 0 or wanted == before:
-        yield
-        return
-    torch.set_num_threads(wanted)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-@contextlib.contextmanager
-def _channels_last(model: torch.nn.Module) -> Iterator[None]:
-    """Convolution weights in channels-last layout while encoding (about 1.8x faster ResNet
-    inference on the CPU, measured with the tiny model), the model's own layout restored after."""
-    model.to(memory_format=torch.channels_last)
-    try:
-        yield
-    finally:
-        model.to(memory_format=torch.contiguous_format)
+    def __getitem__(self, index: int) -> Decoded:
+        load = self.eval_set.pixels if self.split.wants_array else self.eval_set.load
+        return decoded(index, lambda: self.split.per_image(load(index, self.split.min_size)))
 
 
 @torch.inference_mode()
 def encode_images(model: torch.nn.Module, eval_set: EvalSet, transform: Callable, batch_size: int = 64,
                   workers: int = 2, device: str | torch.device = "cpu", progress: bool = True) -> torch.Tensor:
-    """``[N, D]`` L2-normalised image embeddings, in the data set's order."""
+    """``[N, D]`` L2-normalised image embeddings, in the data set's order (``batch_size`` images
+    per forward pass; see :func:`forward_batch`)."""
     images = _Images(eval_set, transform)
-    loader = DataLoader(images, batch_size=batch_size, num_workers=workers,
-                        persistent_workers=False, pin_memory=torch.device(device).type == "cuda")
+    loader = DataLoader(images, batch_size=forward_batch(batch_size, device), num_workers=workers,
+                        collate_fn=collate_decoded, persistent_workers=False, pin_memory=torch.device(device).type == "cuda")
     feats = []
-    with _threads_beside_workers(device, workers), _channels_last(model):
-        for batch in tqdm(loader, desc=f"encode {eval_set.name}", disable=not progress, leave=False):
+    batches = iter(loader)  # the workers start decoding while the tower is prepared
+    with image_inference(model, device, workers), \
+            tqdm(total=len(images), desc=f"encode {eval_set.name}", disable=not progress, leave=False) as bar:
+        for indices, batch, bad in batches:
+            if bad:
+                index, reason = bad[0]
+                raise UserError(f"{eval_set.images[index]}: cannot read image ({reason})")
+            n = len(indices)
             batch = batch.to(device, non_blocking=True)
-            if images.per_batch is not None:
-                batch = images.per_batch(batch)
+            if images.split.per_batch is not None:
+                batch = images.split.per_batch(batch)
             batch = batch.contiguous(memory_format=torch.channels_last)
             feats.append(F.normalize(model.encode_image(batch).float(), dim=-1).cpu())
+            bar.update(n)
     return torch.cat(feats)
 
 
