@@ -10,7 +10,8 @@ from PIL import Image
 from cn_clip_ext import create_model, eval_transform
 from cn_clip_ext.data.synth import write_eval_sets
 from cn_clip_ext.evaluation import encode_images, load_dataset_table, load_eval_set
-from cn_clip_ext.inference import CPU_BATCH, batchnorm_folded, forward_batch, image_inference
+from cn_clip_ext.inference import (CPU_BATCH, FirstTokenAttentionPool, batchnorm_folded, first_token_attention_pools,
+                                   forward_batch, image_inference)
 from cn_clip_ext.transforms import box_reduce, open_rgb, place_array, read_rgb
 from vclip_eval.evaluate import DATASETS_TABLE, main
 
@@ -63,6 +64,17 @@ def test_nothing_is_folded_while_training_or_without_a_convolution_before():
         assert n == 0 and isinstance(relu_bn[1], torch.nn.BatchNorm2d)
 
 
+def test_first_token_attention_pool_equals_the_full_pool():
+    model = create_model(MODEL, seed=3).eval()
+    pool = model.visual.attnpool
+    x = torch.randn(4, pool.k_proj.in_features, 4, 4)
+    with torch.inference_mode():
+        assert torch.allclose(FirstTokenAttentionPool(pool)(x), pool(x), atol=1e-5, rtol=1e-5)
+    with first_token_attention_pools(model.visual) as n:
+        assert n == 1 and isinstance(model.visual.attnpool, FirstTokenAttentionPool)
+    assert model.visual.attnpool is pool
+
+
 def test_image_inference_is_undone_after_the_block():
     model = _model_with_running_stats(1)
     tower, conv1 = model.visual, model.visual.conv1
@@ -74,6 +86,7 @@ def test_image_inference_is_undone_after_the_block():
                 memory_format=torch.channels_last)
             inside = model.encode_image(x.contiguous(memory_format=torch.channels_last))
     assert model.visual is tower and tower.conv1 is conv1 and conv1.weight.is_contiguous()
+    assert type(tower.attnpool).__name__ == "AttentionPool2d"
     assert torch.allclose(inside, plain, atol=1e-4, rtol=1e-4)
 
 
