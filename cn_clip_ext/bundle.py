@@ -37,6 +37,7 @@ from .factory import ModelConfig
 from .files import read_structured
 from .tokenizer import vocab_path, vocab_sha256
 from .transforms import CLIP_MEAN, CLIP_STD, PREPROCESS_MODES
+from .tripartite import LOGIT_SCALES, SINGLE_EYE_HEADS, TripartiteCLIP
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +51,13 @@ REPORT_FILE = "eval_report.json"
 PROMPTS_DIR = "prompts"
 ONNX_FILES = {"image": "image_encoder.onnx", "text": "text_encoder.onnx"}
 TOWERS = ("image", "text")
-_TOWER_PREFIXES = {"image": ("visual.",), "text": ("bert.", "text_projection")}
-_SHARED_KEYS = ("logit_scale",)
+_TOWER_PREFIXES = {  # RET-CLIP's image-side heads map image features, so they travel with the image tower
+    "image": ("visual.", "global_feature_mapping.", "left_feature_mapping.", "right_feature_mapping."),
+    "text": ("bert.", "text_projection"),
+}
+_SHARED_KEYS = LOGIT_SCALES
+HEAD_KINDS = ("clip", "tripartite")
+"""``config.json`` ``heads``: cn_clip's ``CLIP``, or RET-CLIP's three heads (:class:`TripartiteCLIP`)."""
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -95,6 +101,8 @@ class BundleConfig:
     weights_dtype: str = "float32"
     mean: tuple[float, ...] = CLIP_MEAN
     std: tuple[float, ...] = CLIP_STD
+    heads: str = "clip"  # one of HEAD_KINDS
+    single_eye_head: str = "global"  # tripartite: the head single images and prompts use by default
     files: Mapping[str, str] = field(default_factory=dict)  # relative path -> sha256
     onnx: Mapping[str, Any] = field(default_factory=dict)
     format: str = BUNDLE_FORMAT
@@ -139,6 +147,9 @@ class BundleConfig:
             raise UserError(f"{path}: towers must be a non-empty subset of {list(TOWERS)}, got {list(cfg.towers)}")
         if cfg.preprocess not in PREPROCESS_MODES:
             raise UserError(f"{path}: unknown preprocess mode {cfg.preprocess!r}")
+        if cfg.heads not in HEAD_KINDS or cfg.single_eye_head not in SINGLE_EYE_HEADS:
+            raise UserError(f"{path}: unknown heads {cfg.heads!r} / single-eye head {cfg.single_eye_head!r} "
+                            f"(expected one of {list(HEAD_KINDS)} / {sorted(SINGLE_EYE_HEADS)})")
         return cfg
 
 
@@ -185,7 +196,7 @@ configuration, and loading it never executes code from the files (`safetensors`,
 | text | cn_clip's Chinese vocabulary (`vocab.txt`, sha256 `$vocab_short`), $context_length tokens |
 | weights | `model.safetensors`, $weights_dtype |
 | source checkpoint | `$source_name` (sha256 `$source_short`), step $source_step |
-$onnx_row
+$heads_row$onnx_row
 ## Load it
 
 ```python
@@ -273,8 +284,12 @@ def model_card(cfg: BundleConfig, report: Mapping[str, Any] | None = None) -> st
         usage.append('text_emb = model.encode_text(tokenizer(["疑似青光眼。", "未见明显异常。"]))  # [2, D]')
     if len(cfg.towers) == 1:
         usage.append(f"# {cfg.towers[0]}-only bundle: the other encoder raises MissingTowerError")
+    heads = ""
+    if cfg.heads == "tripartite":
+        heads = (f"| heads | RET-CLIP's three (patient, left eye, right eye); single images and prompts use the "
+                 f"`{cfg.single_eye_head}` head (`model.clip.set_single_eye_head('left')` to change) |\n")
     return CARD_TEMPLATE.substitute(
-        usage="\n".join(usage),
+        usage="\n".join(usage), heads_row=heads,
         architecture=cfg.architecture, towers=" and ".join(cfg.towers), embed_dim=cfg.embed_dim,
         image_size=cfg.image_size, preprocess=cfg.preprocess, mean=list(cfg.mean), std=list(cfg.std),
         vocab_short=cfg.vocab_sha256[:16], context_length=cfg.context_length, weights_dtype=cfg.weights_dtype,
@@ -340,7 +355,8 @@ def write_bundle(model: torch.nn.Module, out_dir: str | Path, *, source: SourceI
                  towers: Sequence[str] = TOWERS, fp16: bool = False, prompts: Sequence[str | Path] = (),
                  report: str | Path | None = None, onnx: OnnxHook | None = None,
                  force: bool = False) -> Path:
-    """Write a bundle for cn_clip's ``CLIP`` ``model`` (with ``model.vclip_config``) to ``out_dir``.
+    """Write a bundle for cn_clip's ``CLIP`` or a :class:`TripartiteCLIP` ``model`` (with
+    ``model.vclip_config``) to ``out_dir``.
 
     ``onnx``, when given, is called as ``onnx(folder, towers)`` once the weights are in the
     temporary folder and returns a summary for ``config.json`` (see :mod:`cn_clip_ext.onnx_export`).
@@ -375,11 +391,14 @@ def write_bundle(model: torch.nn.Module, out_dir: str | Path, *, source: SourceI
                 shutil.copyfile(p, tmp / PROMPTS_DIR / p.name)
         if report is not None:
             shutil.copyfile(report, tmp / REPORT_FILE)
+        tripartite = isinstance(model, TripartiteCLIP)
         cfg = BundleConfig(
             architecture=mc.name, embed_dim=mc.embed_dim, image_size=mc.image_size,
             context_length=mc.context_length, preprocess=preprocess, towers=towers,
             vision=dict(mc.vision), text=dict(mc.text), vocab_sha256=vocab_sha256(tmp / VOCAB_FILE),
-            source=asdict(source), weights_dtype="float16" if fp16 else "float32")
+            source=asdict(source), weights_dtype="float16" if fp16 else "float32",
+            heads="tripartite" if tripartite else "clip",
+            single_eye_head=model.single_eye_head if tripartite else "global")
         (tmp / CONFIG_FILE).write_text(cfg.to_json(), encoding="utf-8")  # provisional, for the ONNX hook
         onnx_info = dict(onnx(tmp, towers)) if onnx is not None else {}
         cfg = replace(cfg, files=_hash_tree(tmp), onnx=onnx_info)

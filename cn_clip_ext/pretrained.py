@@ -24,7 +24,7 @@ from .errors import UserError
 from .factory import ModelConfig
 from .tokenizer import Tokenizer
 from .transforms import PREPROCESS_MODES, eval_transform
-from .tripartite import TripartiteCLIP
+from .tripartite import IMAGE_HEADS, TEXT_HEADS, TripartiteCLIP, to_tripartite
 
 logger = logging.getLogger(__name__)
 
@@ -50,11 +50,13 @@ class VisionCLIPModel(nn.Module):
         self.towers = tuple(towers)
         self.preprocess_mode = preprocess
         self.tokenizer = tokenizer or Tokenizer(config.context_length)
+        tripartite = isinstance(clip, TripartiteCLIP)
         if "image" not in self.towers:
-            clip.visual = None
+            for name in ("visual", *(IMAGE_HEADS if tripartite else ())):
+                setattr(clip, name, None)
         if "text" not in self.towers:
-            clip.bert = None
-            clip.text_projection = None
+            for name in ("bert", *(TEXT_HEADS if tripartite else ("text_projection",))):
+                setattr(clip, name, None)
 
     @property
     def logit_scale(self) -> torch.Tensor:
@@ -120,6 +122,9 @@ def _from_bundle(path: Path, verify: bool) -> tuple[nn.Module, BundleConfig]:
         clip = _build_clip(mc)
     except (TypeError, ValueError, KeyError) as exc:
         raise UserError(f"{path / 'config.json'}: tower configs do not build a CLIP model ({exc})") from None
+    if cfg.heads == "tripartite":
+        clip = to_tripartite(clip)
+        clip.set_single_eye_head(cfg.single_eye_head)
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     result = clip.load_state_dict(state, strict=False, assign=True)  # a left-out tower stays on meta, then is dropped
     missing = [k for k in result.missing_keys if "bert.pooler" not in k and tower_of(k) in cfg.towers]

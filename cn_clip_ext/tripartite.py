@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 HEADS = ("global", "left", "right")
 LOGIT_SCALES = ("logit_scale", "logit_scale_left", "logit_scale_right")
+IMAGE_HEADS = ("global_feature_mapping", "left_feature_mapping", "right_feature_mapping")
+TEXT_HEADS = ("text_projection", "text_projection_left", "text_projection_right")
 TRIPARTITE_MARKER = "global_feature_mapping.weight"
 """A state dict holding this key is a tripartite (RET-CLIP-layout) model."""
 
@@ -98,7 +100,10 @@ class TripartiteCLIP(nn.Module):
     # -- towers ----------------------------------------------------------------------------
     @property
     def dtype(self) -> torch.dtype:
-        return self.visual.conv1.weight.dtype
+        """The towers' parameter dtype (the text tower's in a text-only bundle)."""
+        if self.visual is not None:
+            return self.visual.conv1.weight.dtype
+        return next(self.bert.parameters()).dtype
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.visual.set_grad_checkpointing(enable)
@@ -237,5 +242,5 @@ def retclip_state_to_ours(state: Mapping[str, torch.Tensor]) -> dict[str, torch.
     return out
 
 
-__all__ = ["HEADS", "LOGIT_SCALES", "SINGLE_EYE_HEADS", "SingleEyeHead", "TripartiteCLIP", "TripartiteOutput",
+__all__ = ["HEADS", "IMAGE_HEADS", "LOGIT_SCALES", "TEXT_HEADS", "SINGLE_EYE_HEADS", "SingleEyeHead", "TripartiteCLIP", "TripartiteOutput",
            "create_tripartite_model", "is_tripartite_state", "retclip_state_to_ours", "to_tripartite"]

@@ -270,3 +270,43 @@ def test_readme_example_runs(bundle, tmp_path, monkeypatch):
     assert emb.shape == (1, 128) and abs(float(emb.norm()) - 1) < 1e-5
     assert scope["probs"].shape == (1, 2) and abs(float(scope["probs"].sum()) - 1) < 1e-5
     assert np.abs(scope["onnx_emb"] - emb.numpy()).max() < 1e-4
+
+
+def test_tripartite_checkpoint_exports_and_loads_with_its_heads(tmp_path):
+    from cn_clip_ext.tripartite import TripartiteCLIP, create_tripartite_model
+
+    model = create_tripartite_model(vc.VISIONCLIP_TINY, seed=4).eval()
+    model.set_single_eye_head("left")
+    config = {"model": vc.VISIONCLIP_TINY, "preprocess": "fov", "context_length": 52, "model_config_dir": None}
+    ckpt = atomic_save({"epoch": 1, "step": 3, "state_dict": model.state_dict(), "optimizer": {}, "config": config,
+                        "rng": [], "format_version": 1}, tmp_path / "patients.pt")
+    full, image_only, text_only = tmp_path / "full", tmp_path / "img", tmp_path / "txt"
+    assert export_main([str(ckpt), str(full), "--no-prompts", "--onnx"]) == 0
+    assert export_main([str(ckpt), str(image_only), "--image-only", "--no-prompts"]) == 0
+    assert export_main([str(ckpt), str(text_only), "--text-only", "--no-prompts"]) == 0
+    cfg = BundleConfig.from_file(full / "config.json")
+    assert cfg.heads == "tripartite" and cfg.single_eye_head == "global"  # a checkpoint does not keep the choice
+    assert "RET-CLIP's three" in (full / "README.md").read_text(encoding="utf-8")
+
+    loaded, preprocess, tokenizer = vc.load_pretrained(full)
+    assert isinstance(loaded.clip, TripartiteCLIP)
+    images = torch.stack([preprocess(im) for im in fundus_images(3)])
+    tokens = tokenizer(CAPTIONS)
+    model.set_single_eye_head("global")
+    with torch.no_grad():
+        want_img = F.normalize(model.encode_image(images), dim=-1)
+        want_txt = F.normalize(model.encode_text(tokens), dim=-1)
+        assert torch.allclose(loaded.encode_image(images), want_img, atol=1e-5)
+        assert torch.allclose(loaded.encode_text(tokens), want_txt, atol=1e-5)
+        loaded.clip.set_single_eye_head("left")
+        model.set_single_eye_head("left")
+        assert torch.allclose(loaded.encode_image(images), F.normalize(model.encode_image(images), dim=-1), atol=1e-5)
+        img_model, _, _ = vc.load_pretrained(image_only)
+        txt_model, _, _ = vc.load_pretrained(text_only)
+        assert torch.allclose(img_model.encode_image(images), want_img, atol=1e-5)
+        assert torch.allclose(txt_model.encode_text(tokens), want_txt, atol=1e-5)
+    assert img_model.clip.text_projection_left is None and txt_model.clip.left_feature_mapping is None
+    with pytest.raises(MissingTowerError):
+        txt_model.encode_image(images)
+    onnx = json.loads((full / "config.json").read_text(encoding="utf-8"))["onnx"]
+    assert set(onnx["towers"]) == {"image", "text"} and max(onnx["max_abs_diff"].values()) < 1e-3
