@@ -20,12 +20,12 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from .errors import UserError, where
 from .files import read_text_lines
-from .inference import Decoded, SplitTransform, collate_decoded, decoded, forward_batch, image_inference
+from .inference import Decoded, SplitTransform, decoded, encode_batches
 from .transforms import open_rgb, read_rgb
 
 logger = logging.getLogger(__name__)
@@ -152,22 +152,15 @@ def embed_images(model: torch.nn.Module, transform: Callable, items: Sequence[Im
     out = Path(out_dir)
     if hasattr(model, "require_tower"):
         model.require_tower("image")
-    device = next(model.parameters()).device
     files = _ImageFiles(items, transform)
-    loader = DataLoader(files, batch_size=forward_batch(batch_size, device), num_workers=workers,
-                        collate_fn=collate_decoded, persistent_workers=False)
     kept: list[int] = []
     chunks: list[np.ndarray] = []
     skipped: list[tuple[str, str]] = []
-    batches = iter(loader)  # the workers start decoding while the tower is prepared
-    with tqdm(total=len(items), desc="embed images", unit="img", disable=not progress) as bar, \
-            image_inference(model, device, workers):
-        for indices, images, bad in batches:
-            if images is not None:
-                if files.split.per_batch is not None:
-                    images = files.split.per_batch(images.to(device))
-                images = images.contiguous(memory_format=torch.channels_last)
-                chunks.append(model.encode_image(images).float().cpu().numpy())
+    encoded = encode_batches(model, files, files.split, batch_size, workers, next(model.parameters()).device)
+    with tqdm(total=len(items), desc="embed images", unit="img", disable=not progress) as bar:
+        for indices, features, bad in encoded:
+            if features is not None:
+                chunks.append(features.numpy())
                 kept += indices
             for i, reason in bad:
                 skipped.append((str(items[i].path), reason))

@@ -7,11 +7,11 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from ..errors import UserError
-from ..inference import Decoded, SplitTransform, collate_decoded, decoded, forward_batch, image_inference
+from ..inference import Decoded, SplitTransform, decoded, encode_batches
 from ..zeroshot import class_embeddings
 from . import scores
 from .datasets import EvalSet
@@ -34,29 +34,19 @@ class _Images(Dataset):
         return decoded(index, lambda: self.split.per_image(load(index, self.split.min_size)))
 
 
-@torch.inference_mode()
 def encode_images(model: torch.nn.Module, eval_set: EvalSet, transform: Callable, batch_size: int = 64,
                   workers: int = 2, device: str | torch.device = "cpu", progress: bool = True) -> torch.Tensor:
-    """``[N, D]`` L2-normalised image embeddings, in the data set's order (``batch_size`` images
-    per forward pass; see :func:`forward_batch`)."""
+    """``[N, D]`` L2-normalised image embeddings, in the data set's order (see
+    :func:`~cn_clip_ext.inference.encode_batches`); an unreadable image is a :class:`UserError`."""
     images = _Images(eval_set, transform)
-    loader = DataLoader(images, batch_size=forward_batch(batch_size, device), num_workers=workers,
-                        collate_fn=collate_decoded, persistent_workers=False, pin_memory=torch.device(device).type == "cuda")
     feats = []
-    batches = iter(loader)  # the workers start decoding while the tower is prepared
-    with image_inference(model, device, workers), \
-            tqdm(total=len(images), desc=f"encode {eval_set.name}", disable=not progress, leave=False) as bar:
-        for indices, batch, bad in batches:
+    with tqdm(total=len(images), desc=f"encode {eval_set.name}", disable=not progress, leave=False) as bar:
+        for indices, features, bad in encode_batches(model, images, images.split, batch_size, workers, device):
             if bad:
                 index, reason = bad[0]
                 raise UserError(f"{eval_set.images[index]}: cannot read image ({reason})")
-            n = len(indices)
-            batch = batch.to(device, non_blocking=True)
-            if images.split.per_batch is not None:
-                batch = images.split.per_batch(batch)
-            batch = batch.contiguous(memory_format=torch.channels_last)
-            feats.append(F.normalize(model.encode_image(batch).float(), dim=-1).cpu())
-            bar.update(n)
+            feats.append(F.normalize(features, dim=-1))
+            bar.update(len(indices))
     return torch.cat(feats)
 
 
