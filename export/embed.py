@@ -37,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--captions", type=Path, metavar="TXT", help="a UTF-8 text file, one caption per line")
     p.add_argument("--column", help="the CSV's image-path column (default: path, image, image_path, file, ...)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64,
+                   help="images (captions: texts) per forward pass (default 64; images at most 16 on the CPU, "
+                        "where larger batches are no faster)")
     p.add_argument("--workers", type=int, default=2, help="image decoding processes (0: in this process)")
     p.add_argument("--preprocess", choices=sorted(PREPROCESS_MODES),
                    help="override the model's recorded preprocessing mode")
