@@ -20,6 +20,19 @@ def setup_logging(verbose: bool = False) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
+def device_arg(text: str) -> str:
+    """argparse ``type`` for ``--device``: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``, checked against
+    this machine (an unknown name or CUDA without a GPU is a one-line usage error)."""
+    import argparse
+
+    from .training.distributed import pick_device
+
+    try:
+        return str(pick_device(text, 0))
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def run_program(prog: str, body: Callable[[], int | None]) -> int:
     """Run a program body; map :class:`UserError` and interrupts to a one-line message."""
     try:

@@ -6,9 +6,7 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-import torch
-
-from cn_clip_ext.cli import run_program, setup_logging
+from cn_clip_ext.cli import device_arg, run_program, setup_logging
 from cn_clip_ext.errors import UserError
 
 PROG = "vclip-audit"
@@ -65,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-sheet-pairs", type=int, default=60, help="pairs shown on the contact sheet")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=2, help="decoding and hashing processes (0: in this process)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", type=device_arg, default="auto",
+                   help="for --model: cpu, cuda, cuda:N or auto (default: the GPU when there is one)")
     p.add_argument("--out", type=Path, required=True, help="output folder for the reports")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")

@@ -7,15 +7,14 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-import torch
-
 from cn_clip_ext import create_model, eval_transform, get_tokenizer
-from cn_clip_ext.cli import run_program, setup_logging
+from cn_clip_ext.cli import device_arg, run_program, setup_logging
 from cn_clip_ext.errors import UserError
 from cn_clip_ext.evaluation import (encode_images, k_shot, linear_probe, load_dataset_table, load_eval_set,
                                     load_prompt_set, probe_split, write_reports, zero_shot_features)
 from cn_clip_ext.evaluation.probe import PROBE_MODES
 from cn_clip_ext.factory import UnknownModelError
+from cn_clip_ext.inference import default_workers
 from cn_clip_ext.loading import load_checkpoint_model
 from cn_clip_ext.transforms import PREPROCESS_MODES
 from cn_clip_ext.tripartite import SINGLE_EYE_HEADS
@@ -58,9 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64,
                    help="images per forward pass (default 64; at most 16 on the CPU, where larger "
                         "batches are no faster and start the model later)")
-    p.add_argument("--workers", type=int, default=2, help="image decoding processes")
+    p.add_argument("--workers", type=int, help="image decoding processes (default: 2 on the CPU; on a GPU up to 8, "
+                                               "one core left free)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", type=device_arg, default="auto",
+                   help="cpu, cuda, cuda:N or auto (default: the GPU when there is one)")
     p.add_argument("--out", type=Path, required=True, help="output folder for the reports")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--exclude", type=Path, metavar="FILE",
@@ -172,6 +173,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             sets.update(exclusion_sets(sets, args.exclude))
         for name, s in sets.items():
             logger.info("%s: %d images, classes %s", name, len(s), list(s.classes))
+        workers = default_workers(args.device) if args.workers is None else args.workers
+        if workers < 0 or args.batch_size < 1:
+            raise UserError("--batch-size must be at least 1 and --workers at least 0")
         if not 0 < args.probe_train_fraction < 1:
             raise UserError(f"--probe-train-fraction must be between 0 and 1, got {args.probe_train_fraction}")
         splits = {name: probe_split(s, args.probe_train_fraction, args.probe_seed) for name, s in sets.items()} \
@@ -185,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             tokenizer = get_tokenizer(arch)
             results[label], linear_rows, kshot_rows = {}, {}, {}
             for name, s in sets.items():
-                feats = encode_images(model, s, transform, args.batch_size, args.workers, args.device,
+                feats = encode_images(model, s, transform, args.batch_size, workers, args.device,
                                       progress=not args.quiet)
                 r = results[label][name] = zero_shot_features(model, tokenizer, s, prompts, feats, args.device,
                                                               args.bootstrap)

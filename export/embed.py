@@ -6,10 +6,9 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-import torch
-
-from cn_clip_ext.cli import run_program, setup_logging
+from cn_clip_ext.cli import device_arg, run_program, setup_logging
 from cn_clip_ext.errors import UserError
+from cn_clip_ext.inference import default_workers
 from cn_clip_ext.transforms import PREPROCESS_MODES
 
 PROG = "vclip-embed"
@@ -40,10 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64,
                    help="images (captions: texts) per forward pass (default 64; images at most 16 on the CPU, "
                         "where larger batches are no faster)")
-    p.add_argument("--workers", type=int, default=2, help="image decoding processes (0: in this process)")
+    p.add_argument("--workers", type=int, help="image decoding processes (0: in this process; default: 2 on the "
+                                               "CPU, on a GPU up to 8, one core left free)")
     p.add_argument("--preprocess", choices=sorted(PREPROCESS_MODES),
                    help="override the model's recorded preprocessing mode")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", type=device_arg, default="auto",
+                   help="cpu, cuda, cuda:N or auto (default: the GPU when there is one)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
@@ -57,7 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from cn_clip_ext import embed
         from cn_clip_ext.pretrained import load_pretrained
 
-        if args.batch_size < 1 or args.workers < 0:
+        workers = default_workers(args.device) if args.workers is None else args.workers
+        if args.batch_size < 1 or workers < 0:
             raise UserError("--batch-size must be at least 1 and --workers at least 0")
         if args.captions is not None:
             captions = embed.captions_from_file(args.captions)
@@ -72,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise UserError(f"{args.images}: --images must be a folder or a .csv file")
             model, preprocess, _ = load_pretrained(args.model, device=args.device, model_name=args.arch,
                                                    preprocess=args.preprocess)
-            result = embed.embed_images(model, preprocess, items, args.out, args.batch_size, args.workers,
+            result = embed.embed_images(model, preprocess, items, args.out, args.batch_size, workers,
                                         progress=not args.quiet)
             if result.skipped:
                 logger.warning("%d of %d images skipped as unreadable: see %s", len(result.skipped), len(items),

@@ -10,8 +10,8 @@ from PIL import Image
 from cn_clip_ext import create_model, eval_transform
 from cn_clip_ext.data.synth import write_eval_sets
 from cn_clip_ext.evaluation import encode_images, load_dataset_table, load_eval_set
-from cn_clip_ext.inference import (CPU_BATCH, FirstTokenAttentionPool, batchnorm_folded, first_token_attention_pools,
-                                   forward_batch, image_inference)
+from cn_clip_ext.inference import (CPU_BATCH, FirstTokenAttentionPool, batchnorm_folded, cpu_count, default_workers,
+                                   first_token_attention_pools, forward_batch, image_inference)
 from cn_clip_ext.transforms import box_reduce, open_rgb, place_array, read_rgb
 from vclip_eval.evaluate import DATASETS_TABLE, main
 
@@ -160,3 +160,18 @@ def test_cli_corrupt_image_is_one_line_naming_the_file(fives, tmp_path, capsys):
     assert victim.name in err[-1] and "cannot read image" in err[-1]
     assert "Traceback" not in "\n".join(err)
     assert not (tmp_path / "o" / "report.json").exists()
+
+
+def test_device_and_worker_defaults_follow_the_machine(capsys):
+    assert default_workers("cpu") == min(2, cpu_count())
+    assert 1 <= default_workers("cuda") <= 8
+    for argv in (["--device", "gpu"], ["--device", "cuda:x"]):
+        with pytest.raises(SystemExit) as exc:
+            main(["--untrained", MODEL, "--out", "/nonexistent", *argv])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert "argument --device" in err[-1] and "Traceback" not in "\n".join(err)
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            main(["--untrained", MODEL, "--out", "/nonexistent", "--device", "cuda"])
+        assert "CUDA is not available" in capsys.readouterr().err
