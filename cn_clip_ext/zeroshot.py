@@ -12,15 +12,17 @@ import torch.nn.functional as F
 
 @torch.no_grad()
 def class_embeddings(encode_text: Callable[[torch.Tensor], torch.Tensor], tokenizer: Callable,
-                     class_prompts: Sequence[Sequence[str]], device: torch.device | str = "cpu") -> torch.Tensor:
-    """``[num_classes, dim]``: one unit vector per class from its list of prompts."""
-    out = []
-    for prompts in class_prompts:
-        if not prompts:
-            raise ValueError("every class needs at least one prompt")
-        emb = F.normalize(encode_text(tokenizer(list(prompts)).to(device)).float(), dim=-1)
-        out.append(F.normalize(emb.mean(0), dim=-1))
-    return torch.stack(out)
+                     class_prompts: Sequence[Sequence[str]], device: torch.device | str = "cpu",
+                     batch_size: int = 256) -> torch.Tensor:
+    """``[num_classes, dim]``: one unit vector per class from its list of prompts (all classes'
+    prompts are encoded together, ``batch_size`` at a time)."""
+    if any(not prompts for prompts in class_prompts):
+        raise ValueError("every class needs at least one prompt")
+    flat = [p for prompts in class_prompts for p in prompts]
+    emb = torch.cat([F.normalize(encode_text(tokenizer(flat[i:i + batch_size]).to(device)).float(), dim=-1)
+                     for i in range(0, len(flat), batch_size)])
+    groups = emb.split([len(prompts) for prompts in class_prompts])
+    return torch.stack([F.normalize(g.mean(0), dim=-1) for g in groups])
 
 
 def expand_prompts(classnames: Sequence[str], templates: Sequence[str]) -> list[list[str]]:

@@ -10,8 +10,8 @@ from typing import Sequence
 from cn_clip_ext import create_model, eval_transform, get_tokenizer
 from cn_clip_ext.cli import device_arg, run_program, setup_logging
 from cn_clip_ext.errors import UserError
-from cn_clip_ext.evaluation import (encode_images, k_shot, linear_probe, load_dataset_table, load_eval_set,
-                                    load_prompt_set, probe_split, write_reports, zero_shot_features)
+from cn_clip_ext.evaluation import (ClassEmbedder, encode_images, k_shot, linear_probe, load_dataset_table,
+                                    load_eval_set, load_prompt_set, probe_split, write_reports, zero_shot_features)
 from cn_clip_ext.evaluation.probe import PROBE_MODES
 from cn_clip_ext.factory import UnknownModelError
 from cn_clip_ext.inference import default_workers
@@ -187,12 +187,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             size = model.vclip_config.image_size
             transform = eval_transform(size, preprocess=args.preprocess)
             tokenizer = get_tokenizer(arch)
+            embedder = ClassEmbedder(model, tokenizer, prompts, args.device)  # shared classes encoded once
             results[label], linear_rows, kshot_rows = {}, {}, {}
             for name, s in sets.items():
                 feats = encode_images(model, s, transform, args.batch_size, workers, args.device,
                                       progress=not args.quiet)
                 r = results[label][name] = zero_shot_features(model, tokenizer, s, prompts, feats, args.device,
-                                                              args.bootstrap)
+                                                              args.bootstrap, embedder)
                 logger.info("%s on %s: balanced accuracy %.3f, top-1 %.3f", label, name,
                             r.metrics["balanced_accuracy"], r.metrics["top1"])
                 if not args.probe:

@@ -11,7 +11,7 @@ from sklearn import metrics as skm
 
 from cn_clip_ext.data.synth import write_eval_sets
 from cn_clip_ext.errors import UserError
-from cn_clip_ext.evaluation import load_dataset_table, load_eval_set, load_prompt_set, scores
+from cn_clip_ext.evaluation import ClassEmbedder, load_dataset_table, load_eval_set, load_prompt_set, scores
 from cn_clip_ext.zeroshot import class_embeddings
 from vclip_eval.evaluate import DATASETS_TABLE, PROMPTS_DIR, main
 
@@ -158,6 +158,21 @@ def test_prompt_ensemble_is_the_mean_of_normalised_prompt_embeddings():
         e = F.normalize(torch.stack([encode(tokenize([t]))[0] for t in group]), dim=-1)
         expected = F.normalize(e.mean(0), dim=0)
         torch.testing.assert_close(got[k], expected)
+    torch.testing.assert_close(class_embeddings(encode, tokenize, per_class, batch_size=3), got)  # the batch size does not matter
+
+    # one model's embedder encodes each class once across data sets, with the same result
+    encoded: list[str] = []
+
+    class Model(torch.nn.Module):
+        def encode_text(self, ids):
+            encoded.extend("".join(chr(c) for c in row).rstrip() for row in ids.tolist())
+            return encode(ids)
+
+    embedder = ClassEmbedder(Model(), tokenize, prompts)
+    torch.testing.assert_close(embedder(["glaucoma", "no_glaucoma"]), got)
+    first = len(encoded)
+    torch.testing.assert_close(embedder(["no_glaucoma", "normal", "glaucoma"])[[0, 2]], got[[1, 0]])
+    assert len(encoded) - first == len(prompts.prompts("normal"))  # only the new class was encoded
 
 
 def test_prompt_files_are_complete_and_immutable(table):

@@ -6,10 +6,10 @@ from .prompts import PromptSet, load_prompt_set
 from .report import kshot_table, markdown_table, write_reports
 from .scores import baselines, bootstrap, score
 from .synfundus import synfundus_label_classes
-from .zero_shot import ZeroShotResult, encode_images, score_predictions, zero_shot, zero_shot_features
+from .zero_shot import ClassEmbedder, ZeroShotResult, encode_images, score_predictions, zero_shot, zero_shot_features
 
 __all__ = [
-    "READERS", "DatasetSpec", "EvalSet", "KShotResult", "ProbeSplit", "PromptSet", "ZeroShotResult", "baselines",
+    "READERS", "ClassEmbedder", "DatasetSpec", "EvalSet", "KShotResult", "ProbeSplit", "PromptSet", "ZeroShotResult", "baselines",
     "bootstrap", "encode_images", "k_shot", "kshot_table", "linear_probe", "load_dataset_table", "load_eval_set",
     "load_prompt_set", "markdown_table", "probe_split", "score", "score_predictions", "synfundus_label_classes",
     "write_reports", "zero_shot", "zero_shot_features",

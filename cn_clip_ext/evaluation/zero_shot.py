@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -100,13 +100,34 @@ def zero_shot(model: torch.nn.Module, tokenizer: Callable, eval_set: EvalSet, pr
     return zero_shot_features(model, tokenizer, eval_set, prompts, feats, device, n_resamples)
 
 
+class ClassEmbedder:
+    """Class embeddings of one model under one prompt set. Each class's prompts are encoded once,
+    however many data sets share the class (``dr_0`` ... in MESSIDOR-2 and SynFundus, ``glaucoma``
+    in FIVES and REFUGE); the model must not change between calls."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Callable, prompts: PromptSet,
+                 device: str | torch.device = "cpu"):
+        self.model, self.tokenizer, self.prompts, self.device = model, tokenizer, prompts, device
+        self._done: dict[str, torch.Tensor] = {}
+
+    def __call__(self, class_keys: Sequence[str]) -> torch.Tensor:
+        """``[len(class_keys), D]`` unit vectors on the CPU."""
+        todo = [k for k in dict.fromkeys(class_keys) if k not in self._done]
+        if todo:
+            self.model.eval()
+            emb = class_embeddings(self.model.encode_text, self.tokenizer, self.prompts.for_classes(todo), self.device)
+            self._done.update(zip(todo, emb.cpu()))
+        return torch.stack([self._done[k] for k in class_keys])
+
+
 @torch.no_grad()
 def zero_shot_features(model: torch.nn.Module, tokenizer: Callable, eval_set: EvalSet, prompts: PromptSet,
                        image_features: torch.Tensor, device: str | torch.device = "cpu",
-                       n_resamples: int = 1000) -> ZeroShotResult:
-    """:func:`zero_shot` from image features already computed by :func:`encode_images`."""
+                       n_resamples: int = 1000, embedder: ClassEmbedder | None = None) -> ZeroShotResult:
+    """:func:`zero_shot` from image features already computed by :func:`encode_images`; pass one
+    ``embedder`` per model and prompt set to encode shared classes once across data sets."""
     model.eval()
-    class_emb = class_embeddings(model.encode_text, tokenizer, prompts.for_classes(eval_set.classes), device)
+    class_emb = (embedder or ClassEmbedder(model, tokenizer, prompts, device))(eval_set.classes)
     scale = getattr(model, "single_eye_scale", model.logit_scale)  # a tripartite model's chosen head
-    probs = classify(image_features, class_emb.cpu(), float(scale.exp()))
+    probs = classify(image_features, class_emb, float(scale.exp()))
     return score_predictions(eval_set, probs, n_resamples)
