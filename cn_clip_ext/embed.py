@@ -11,6 +11,7 @@ reported, never fatal.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import os
@@ -157,7 +158,8 @@ def embed_images(model: torch.nn.Module, transform: Callable, items: Sequence[Im
     chunks: list[np.ndarray] = []
     skipped: list[tuple[str, str]] = []
     encoded = encode_batches(model, files, files.split, batch_size, workers, next(model.parameters()).device)
-    with tqdm(total=len(items), desc="embed images", unit="img", disable=not progress) as bar:
+    with contextlib.closing(encoded), tqdm(total=len(items), desc="embed images", unit="img",
+                                           disable=not progress) as bar:
         for indices, features, bad in encoded:
             if features is not None:
                 chunks.append(features.numpy())

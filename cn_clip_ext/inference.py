@@ -259,6 +259,7 @@ def encode_batches(model: nn.Module, images: Dataset, split: SplitTransform, bat
     The items come from ``workers`` DataLoader processes (``split.per_image``); each batch gets
     ``split.per_batch`` on ``device`` and is encoded channels-last under :func:`image_inference`,
     :func:`forward_batch` images at a time. Failed items are passed on for the caller to report.
+    Close the generator (``contextlib.closing``) when stopping early: that restores the model.
     """
     device = torch.device(device)
     loader = DataLoader(images, batch_size=forward_batch(batch_size, device), num_workers=workers,

@@ -9,6 +9,7 @@ from PIL import Image
 
 from cn_clip_ext import create_model, eval_transform
 from cn_clip_ext.data.synth import write_eval_sets
+from cn_clip_ext.errors import UserError
 from cn_clip_ext.evaluation import encode_images, load_dataset_table, load_eval_set
 from cn_clip_ext.inference import (CPU_BATCH, FirstTokenAttentionPool, batchnorm_folded, cpu_count, default_workers,
                                    first_token_attention_pools, forward_batch, image_inference)
@@ -100,6 +101,20 @@ def test_encode_images_equals_the_plain_model_on_per_image_transforms(fives):
         expected = torch.nn.functional.normalize(model.encode_image(ref), dim=-1)
     assert feats.shape == expected.shape
     assert torch.allclose(feats, expected, atol=1e-4)
+
+
+def test_a_failed_encoding_leaves_the_model_as_it_was(fives, tmp_path):
+    root = tmp_path / "fives"
+    shutil.copytree(fives / "fives", root)
+    victim = sorted((root / "test" / "Original").glob("*.png"))[0]
+    victim.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    model = create_model(MODEL, seed=0).eval()
+    conv1, bn1 = model.visual.conv1, model.visual.bn1
+    s = load_eval_set(load_dataset_table(DATASETS_TABLE)["fives"], root)
+    with pytest.raises(UserError, match=victim.name) as exc:
+        encode_images(model, s, eval_transform(128), batch_size=4, workers=0, progress=False)
+    assert exc.value is not None  # the traceback is still held here, and yet:
+    assert model.visual.conv1 is conv1 and model.visual.bn1 is bn1
 
 
 def test_cpu_forward_batches_are_capped():

@@ -1,6 +1,7 @@
 """Zero-shot evaluation of one model on one dataset with one prompt set."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -40,8 +41,10 @@ def encode_images(model: torch.nn.Module, eval_set: EvalSet, transform: Callable
     :func:`~cn_clip_ext.inference.encode_batches`); an unreadable image is a :class:`UserError`."""
     images = _Images(eval_set, transform)
     feats = []
-    with tqdm(total=len(images), desc=f"encode {eval_set.name}", disable=not progress, leave=False) as bar:
-        for indices, features, bad in encode_batches(model, images, images.split, batch_size, workers, device):
+    encoded = encode_batches(model, images, images.split, batch_size, workers, device)
+    with contextlib.closing(encoded), \
+            tqdm(total=len(images), desc=f"encode {eval_set.name}", disable=not progress, leave=False) as bar:
+        for indices, features, bad in encoded:
             if bad:
                 index, reason = bad[0]
                 raise UserError(f"{eval_set.images[index]}: cannot read image ({reason})")
