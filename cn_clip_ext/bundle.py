@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 
-from .errors import UserError
+from .errors import UserError, first_line
 from .factory import ModelConfig
 from .files import read_structured
 from .tokenizer import vocab_path, vocab_sha256
@@ -456,8 +456,7 @@ def read_bundle(path: str | Path, verify: bool = True) -> tuple[BundleConfig, di
     try:
         state = load_file(str(folder / WEIGHTS_FILE))
     except (SafetensorError, OSError, ValueError) as exc:
-        first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
-        raise UserError(f"{folder / WEIGHTS_FILE}: unreadable safetensors file ({first})") from None
+        raise UserError(f"{folder / WEIGHTS_FILE}: unreadable safetensors file ({first_line(exc)})") from None
     present = {tower_of(k) for k in state} - {None}
     absent = [t for t in cfg.towers if t not in present]
     if absent:

@@ -12,3 +12,15 @@ class UserError(Exception):
 def where(path: object, row: int | None = None) -> str:
     """``"path"`` or ``"path, row N"``, the prefix every bad-input message starts with."""
     return f"{path}" if row is None else f"{path}, row {row}"
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of ``exc``'s message (its type name when it has none), at most ``limit`` characters."""
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:limit]
+
+
+def describe(exc: BaseException) -> str:
+    """``"Type: first line of the message"``, or ``"Type"`` for an exception without a message."""
+    name = type(exc).__name__
+    return f"{name}: {first_line(exc)}" if str(exc).strip() else name

@@ -26,6 +26,7 @@ from torch import fx, nn
 from torch.utils.data import DataLoader, Dataset
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from .errors import describe
 from .transforms import accepts_arrays
 
 logger = logging.getLogger(__name__)
@@ -91,8 +92,7 @@ def decoded(index: int, make: Callable[[], torch.Tensor]) -> Decoded:
     try:
         return index, make(), ""
     except Exception as exc:  # noqa: BLE001 - any decoder failure: the caller decides
-        first = (str(exc).splitlines() or [""])[0][:200]
-        return index, None, f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+        return index, None, describe(exc)
 
 
 def collate_decoded(items: list[Decoded]) -> tuple[list[int], "torch.Tensor | None", list[tuple[int, str]]]:

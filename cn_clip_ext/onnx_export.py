@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .bundle import ONNX_FILES, TOWERS
-from .errors import UserError
+from .errors import UserError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -109,8 +109,7 @@ def _session(path: Path):
     try:
         return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
-        first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
-        raise UserError(f"{path}: onnxruntime cannot load it ({first})") from None
+        raise UserError(f"{path}: onnxruntime cannot load it ({first_line(exc)})") from None
 
 
 def run_onnx(path: str | Path, inputs: torch.Tensor | np.ndarray) -> np.ndarray:

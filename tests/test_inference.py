@@ -190,3 +190,25 @@ def test_device_and_worker_defaults_follow_the_machine(capsys):
         with pytest.raises(SystemExit):
             main(["--untrained", MODEL, "--out", "/nonexistent", "--device", "cuda"])
         assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_audit_model_encoder_gives_the_same_embeddings_in_its_session(tmp_path):
+    from cn_clip_ext.audit.encoders import ModelEncoder
+    from cn_clip_ext.audit.hashing import fov_view
+
+    model = _model_with_running_stats(5)
+    torch.save({"epoch": 0, "step": 0, "state_dict": model.state_dict(),
+                "config": {"model": MODEL, "preprocess": "fov", "context_length": 52}}, tmp_path / "m.pt")
+    encoder = ModelEncoder(tmp_path / "m.pt")
+    rng = np.random.default_rng(0)
+    views = [fov_view(Image.fromarray(rng.integers(0, 256, (150, 170, 3), dtype=np.uint8)), encoder.view_size)
+             for _ in range(3)]
+    inputs = [encoder.prepare(v) for v in views]
+    plain = encoder.encode(inputs)
+    with encoder.session(workers=0):
+        inside = encoder.encode(inputs)
+    with torch.no_grad():
+        expected = torch.nn.functional.normalize(model.encode_image(torch.stack(inputs)), dim=-1).numpy()
+    assert plain.shape == (3, encoder.dim)
+    np.testing.assert_allclose(plain, expected, atol=1e-5)
+    np.testing.assert_allclose(inside, expected, atol=1e-4)

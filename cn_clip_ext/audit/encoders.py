@@ -6,6 +6,7 @@ main process (``encode``). ``key`` names the encoder in cache file names.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from pathlib import Path
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..inference import image_inference
 from ..transforms import to_normalized_tensor
 from .hashing import VIEW_SIZE, VesselDescriptor
 
@@ -35,6 +37,10 @@ class Encoder:
 
     def encode(self, inputs: Sequence[Any]) -> np.ndarray:
         raise NotImplementedError
+
+    def session(self, workers: int = 0) -> contextlib.AbstractContextManager:
+        """Held around a pass of many :meth:`encode` calls (``workers`` decoding processes beside it)."""
+        return contextlib.nullcontext()
 
 
 class VesselEncoder(Encoder):
@@ -78,9 +84,14 @@ class ModelEncoder(Encoder):
     def prepare(self, view: Image.Image) -> torch.Tensor:
         return to_normalized_tensor(view)
 
+    def session(self, workers: int = 0) -> contextlib.AbstractContextManager:
+        """The model's batch-inference set-up (:func:`~cn_clip_ext.inference.image_inference`)."""
+        return image_inference(self.model, self.model.device, workers)
+
     @torch.no_grad()
     def encode(self, inputs: Sequence[torch.Tensor]) -> np.ndarray:
-        return self.model.encode_image(torch.stack(list(inputs))).float().cpu().numpy()
+        batch = torch.stack(list(inputs)).contiguous(memory_format=torch.channels_last)
+        return self.model.encode_image(batch).float().cpu().numpy()
 
 
 def _file_identity(path: Path) -> str:

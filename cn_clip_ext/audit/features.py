@@ -9,6 +9,7 @@ under a temporary name and renamed when complete.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from ..errors import describe
 from .corpus import ImageSource
 from .encoders import Encoder
 from .hashing import HASH_BYTES, VIEW_SIZE, fov_view, hash_view
@@ -62,8 +64,7 @@ class _Views(Dataset):
                     inputs.append(self.encoder.prepare(view if size == VIEW_SIZE else fov_view(image, size, rot)))
             return index, (np.stack(codes) if codes else None), inputs, ""
         except Exception as exc:  # noqa: BLE001 - an unreadable image is skipped and reported
-            reason = (str(exc).splitlines() or [""])[0][:200]
-            return index, None, None, f"{type(exc).__name__}: {reason}"
+            return index, None, None, describe(exc)
 
 
 def _collate(batch: list) -> list:
@@ -87,7 +88,8 @@ def extract(source: ImageSource, *, rotations: Sequence[float] = (0.0,), encoder
     skipped: list[tuple[str, str]] = []
     loader = DataLoader(_Views(source, rotations, encoder, hashes), batch_size=batch_size, num_workers=workers,
                         collate_fn=_collate, persistent_workers=False)
-    with tqdm(total=n, desc=desc or f"features {source.name}", unit="img", disable=not progress) as bar:
+    session = encoder.session(workers) if encoder is not None else contextlib.nullcontext()
+    with session, tqdm(total=n, desc=desc or f"features {source.name}", unit="img", disable=not progress) as bar:
         for batch in loader:
             good = [(i, c, x) for i, c, x, err in batch if not err]
             for i, _, _, err in batch:

@@ -22,7 +22,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from ..errors import UserError
+from ..errors import UserError, describe
 
 logger = logging.getLogger(__name__)
 
@@ -118,8 +118,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - truncated zip, bad pickle, foreign object ...
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise UserError(f"{path}: corrupted or unreadable checkpoint ({type(exc).__name__}: {first})") from None
+        raise UserError(f"{path}: corrupted or unreadable checkpoint ({describe(exc)})") from None
     if allow_bare and isinstance(ckpt, dict) and "state_dict" not in ckpt and ckpt \
             and all(torch.is_tensor(v) for v in ckpt.values()):
         return {"state_dict": ckpt}

@@ -25,7 +25,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 from ..factory import add_model_config, create_model_and_transforms, get_tokenizer
 from . import checkpoint as ckpt
 from .config import TrainConfig
@@ -196,8 +196,7 @@ class Trainer:
             self.raw_model.load_state_dict(ckpt.strip_module(state["state_dict"]))
             self.optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError, KeyError) as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-            raise UserError(f"{path}: checkpoint does not fit this model/optimizer ({first})") from None
+            raise UserError(f"{path}: checkpoint does not fit this model/optimizer ({first_line(exc)})") from None
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])

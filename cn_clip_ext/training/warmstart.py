@@ -19,7 +19,7 @@ from typing import Mapping
 
 import torch
 
-from ..errors import UserError
+from ..errors import UserError, describe
 from .checkpoint import strip_module
 
 logger = logging.getLogger(__name__)
@@ -35,8 +35,7 @@ def _load_file(path: Path) -> Mapping[str, torch.Tensor]:
             return load_file(str(path))
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise UserError(f"{path}: unreadable warm-start weights ({type(exc).__name__}: {first})") from None
+        raise UserError(f"{path}: unreadable warm-start weights ({describe(exc)})") from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
