@@ -26,7 +26,7 @@ from torch import fx, nn
 from torch.utils.data import DataLoader, Dataset
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .errors import describe
+from .errors import UserError, describe
 from .transforms import accepts_arrays
 
 logger = logging.getLogger(__name__)
@@ -53,6 +53,15 @@ def default_workers(device: str | torch.device) -> int:
     if torch.device(device).type == "cpu":
         return min(2, cpu_count())
     return max(1, min(GPU_DECODE_WORKERS, cpu_count() - 1))
+
+
+def decode_workers(batch_size: int, workers: int | None, device: str | torch.device) -> int:
+    """The programs' ``--workers`` (``None``: :func:`default_workers`), after checking it and
+    ``--batch-size``; a :class:`UserError` for a batch below 1 or a negative count."""
+    workers = default_workers(device) if workers is None else workers
+    if batch_size < 1 or workers < 0:
+        raise UserError("--batch-size must be at least 1 and --workers at least 0")
+    return workers
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from cn_clip_ext.evaluation import (ClassEmbedder, encode_images, k_shot, linear
                                     load_eval_set, load_prompt_set, probe_split, write_reports, zero_shot_features)
 from cn_clip_ext.evaluation.probe import PROBE_MODES
 from cn_clip_ext.factory import UnknownModelError
-from cn_clip_ext.inference import default_workers
+from cn_clip_ext.inference import decode_workers
 from cn_clip_ext.loading import load_checkpoint_model
 from cn_clip_ext.transforms import PREPROCESS_MODES
 from cn_clip_ext.tripartite import SINGLE_EYE_HEADS
@@ -173,9 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sets.update(exclusion_sets(sets, args.exclude))
         for name, s in sets.items():
             logger.info("%s: %d images, classes %s", name, len(s), list(s.classes))
-        workers = default_workers(args.device) if args.workers is None else args.workers
-        if workers < 0 or args.batch_size < 1:
-            raise UserError("--batch-size must be at least 1 and --workers at least 0")
+        workers = decode_workers(args.batch_size, args.workers, args.device)
         if not 0 < args.probe_train_fraction < 1:
             raise UserError(f"--probe-train-fraction must be between 0 and 1, got {args.probe_train_fraction}")
         splits = {name: probe_split(s, args.probe_train_fraction, args.probe_seed) for name, s in sets.items()} \

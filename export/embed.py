@@ -8,7 +8,7 @@ from typing import Sequence
 
 from cn_clip_ext.cli import device_arg, run_program, setup_logging
 from cn_clip_ext.errors import UserError
-from cn_clip_ext.inference import default_workers
+from cn_clip_ext.inference import decode_workers
 from cn_clip_ext.transforms import PREPROCESS_MODES
 
 PROG = "vclip-embed"
@@ -58,9 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from cn_clip_ext import embed
         from cn_clip_ext.pretrained import load_pretrained
 
-        workers = default_workers(args.device) if args.workers is None else args.workers
-        if args.batch_size < 1 or workers < 0:
-            raise UserError("--batch-size must be at least 1 and --workers at least 0")
+        workers = decode_workers(args.batch_size, args.workers, args.device)
         if args.captions is not None:
             captions = embed.captions_from_file(args.captions)
             model, _, _ = load_pretrained(args.model, device=args.device, model_name=args.arch)

@@ -11,8 +11,8 @@ from cn_clip_ext import create_model, eval_transform
 from cn_clip_ext.data.synth import write_eval_sets
 from cn_clip_ext.errors import UserError
 from cn_clip_ext.evaluation import encode_images, load_dataset_table, load_eval_set
-from cn_clip_ext.inference import (CPU_BATCH, FirstTokenAttentionPool, batchnorm_folded, cpu_count, default_workers,
-                                   first_token_attention_pools, forward_batch, image_inference)
+from cn_clip_ext.inference import (CPU_BATCH, FirstTokenAttentionPool, batchnorm_folded, cpu_count, decode_workers,
+                                   default_workers, first_token_attention_pools, forward_batch, image_inference)
 from cn_clip_ext.transforms import box_reduce, open_rgb, place_array, read_rgb
 from vclip_eval.evaluate import DATASETS_TABLE, main
 
@@ -180,6 +180,10 @@ def test_cli_corrupt_image_is_one_line_naming_the_file(fives, tmp_path, capsys):
 def test_device_and_worker_defaults_follow_the_machine(capsys):
     assert default_workers("cpu") == min(2, cpu_count())
     assert 1 <= default_workers("cuda") <= 8
+    assert decode_workers(16, None, "cpu") == default_workers("cpu") and decode_workers(16, 0, "cpu") == 0
+    for batch, workers in ((0, 2), (16, -1)):
+        with pytest.raises(UserError, match="--workers at least 0"):
+            decode_workers(batch, workers, "cpu")
     for argv in (["--device", "gpu"], ["--device", "cuda:x"]):
         with pytest.raises(SystemExit) as exc:
             main(["--untrained", MODEL, "--out", "/nonexistent", *argv])
