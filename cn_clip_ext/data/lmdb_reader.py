@@ -120,9 +120,8 @@ class _LmdbSplit(Dataset):
         transform's ``size`` when it has one (see :func:`~cn_clip_ext.transforms.open_rgb`)."""
         size = getattr(self.transform, "size", None)
         min_size = 2 * size if isinstance(size, int) else None
-        if accepts_arrays(self.transform):  # no PIL copy of the pixels
-            return self.transform(read_rgb(io.BytesIO(self.image_bytes(image_id)), min_size))
-        return self.transform(self._decode(image_id, min_size))
+        decode = read_rgb if accepts_arrays(self.transform) else open_rgb  # arrays: no PIL copy of the pixels
+        return self.transform(decode(io.BytesIO(self.image_bytes(image_id)), min_size))
 
     def _tokenize(self, text: str):
         return self.tokenizer(normalize_caption(text))[0]
