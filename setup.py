@@ -23,7 +23,8 @@ setup(
     python_requires=">=3.9",
     packages=find_namespace_packages(include=["cn_clip_ext", "cn_clip_ext.*"]) + list(PROGRAMS),
     package_dir=dict(PROGRAMS),
-    package_data={"cn_clip_ext": ["model_configs/*.json"], "vclip_eval": ["prompts/*.yaml", "datasets.yaml"]},
+    package_data={"cn_clip_ext": ["model/model_configs/*.json", "evaluation/resources/prompts/*.yaml",
+                                  "evaluation/resources/datasets.yaml"]},
     include_package_data=True,
     install_requires=[
         "torch>=1.13",

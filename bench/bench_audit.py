@@ -73,7 +73,7 @@ def _mib(n: float) -> float:
 
 def stage_features(args) -> dict:
     from cn_clip_ext.audit import VesselEncoder, corpus_features, open_corpus
-    from cn_clip_ext.data.synth import write_synfundus
+    from cn_clip_ext.synth.generator import write_synfundus
 
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()

@@ -54,7 +54,7 @@ def make_image_folders(root: Path, n: int, size: int, workers: int) -> dict[str,
     JPEG (quality 95, like the REFUGE and LMDB images)."""
     from PIL import Image
 
-    from cn_clip_ext.data.synth import write_fives
+    from cn_clip_ext.synth.generator import write_fives
 
     fives = write_fives(root / "gen", n, seed=11, size=size, workers=workers, progress=False)
     for split in ("train", "test"):
@@ -96,7 +96,7 @@ def run_ours(folder: Path, ckpt: Path, out: Path, batch: int, workers: int) -> f
 def _cn_clip_model(ckpt: Path) -> torch.nn.Module:
     """Built and loaded as cn_clip's script does (fp32, CPU instead of GPU 0)."""
     from cn_clip.clip.model import CLIP
-    from cn_clip_ext.factory import get_model_config
+    from cn_clip_ext.model.factory import get_model_config
 
     info = dict(get_model_config(MODEL).clip_kwargs())
     if isinstance(info.get("vision_layers"), str):
@@ -140,7 +140,7 @@ def run_our_images(folder: Path, ckpt: Path, batch: int, workers: int) -> float:
     from cn_clip_ext import eval_transform
     from cn_clip_ext.evaluation import encode_images, load_eval_set
     from cn_clip_ext.evaluation.datasets import DatasetSpec
-    from cn_clip_ext.loading import load_checkpoint_model
+    from cn_clip_ext.model.checkpoints import load_checkpoint_model
 
     model, _ = load_checkpoint_model(ckpt, MODEL)
     spec = DatasetSpec("bench", "imagefolder", {c: c for c in CLASS_FOLDERS.values()})
@@ -218,7 +218,7 @@ Whole evaluation: ours is the `vclip-eval` program (checkpoint load, prompt ense
 
 What was measured for cn_clip: its `cn_clip/eval/zeroshot_evaluation.py` code path imported from its module (`get_zeroshot_dataset` = torchvision `ImageFolder` + its `image_transform`, `zero_shot_classifier` with its `openai` templates, `run`) with `args.gpu = "cpu"`; its `__main__` cannot run here (no CUDA, and its `--vision-model` choices exclude the tiny tower). One monkeypatch, in the benchmark process only: the module's `accuracy` helper (its `float()` of a one-element array raises on NumPy 2) is replaced by an equivalent top-k hit count.
 
-Where our speed comes from (`cn_clip_ext.inference`, `cn_clip_ext.transforms`, `cn_clip_ext.png`): (1) the image tower runs with its BatchNorm layers folded into the convolutions, its attention pooling computing only the query it returns, and in channels-last layout (cn_clip runs the model as trained, contiguous); the checkpoint loads into a model built on the meta device, with no random initialisation to overwrite; (2) on the CPU the model's intra-op threads are limited to the cores the decoding workers leave free, and forward batches are capped at 16 images (CPU throughput does not grow with the batch; small batches start the model sooner and keep the workers evenly loaded to the end); (3) intact 8-bit PNGs are decoded by libspng straight into an array (1.6x PIL's speed), JPEGs by libjpeg's DCT scaling at no less than twice the model input (`Image.draft`); (4) one resampling per image, on arrays, and `uint8` pixels between processes, normalised per batch, instead of torchvision's resize + ToTensor + Normalize per image; (5) the bootstrap is vectorised over resamples (1000 resamples in well under a second).
+Where our speed comes from (`cn_clip_ext.model.inference`, `cn_clip_ext.model.transforms`, `cn_clip_ext.model.png`): (1) the image tower runs with its BatchNorm layers folded into the convolutions, its attention pooling computing only the query it returns, and in channels-last layout (cn_clip runs the model as trained, contiguous); the checkpoint loads into a model built on the meta device, with no random initialisation to overwrite; (2) on the CPU the model's intra-op threads are limited to the cores the decoding workers leave free, and forward batches are capped at 16 images (CPU throughput does not grow with the batch; small batches start the model sooner and keep the workers evenly loaded to the end); (3) intact 8-bit PNGs are decoded by libspng straight into an array (1.6x PIL's speed), JPEGs by libjpeg's DCT scaling at no less than twice the model input (`Image.draft`); (4) one resampling per image, on arrays, and `uint8` pixels between processes, normalised per batch, instead of torchvision's resize + ToTensor + Normalize per image; (5) the bootstrap is vectorised over resamples (1000 resamples in well under a second).
 """
     print(section)
     if not args.no_write:

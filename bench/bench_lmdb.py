@@ -138,7 +138,7 @@ def run_cn_clip(root: Path, work: Path) -> dict:
     import csv
     import shutil
 
-    from cn_clip_ext.data.splits import SPLITS, split_of
+    from cn_clip_ext.lmdb.splits import SPLITS, split_of
 
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -202,8 +202,8 @@ def bench_loaders(ours: Path, ours224: Path, theirs: Path, workers: int, batch: 
     import torch
     from cn_clip.training.data import LMDBDataset
 
-    from cn_clip_ext.data.lmdb_reader import LmdbPairDataset
-    from cn_clip_ext.transforms import train_transform
+    from cn_clip_ext.lmdb.reader import LmdbPairDataset
+    from cn_clip_ext.model.transforms import train_transform
 
     tf = train_transform(224)
     gen = torch.Generator().manual_seed(0)

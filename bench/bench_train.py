@@ -86,7 +86,7 @@ def steady_rate(out: Path, batch: int, skip: int) -> float:
 
 
 def build_lmdb(tmp: Path, n: int) -> Path:
-    from cn_clip_ext.data.synth import write_synfundus
+    from cn_clip_ext.synth.generator import write_synfundus
     from vclip_data_prep.build_lmdb import main as build_main
 
     write_synfundus(tmp / "syn", n=n, seed=0, size=128, workers=1, progress=False)
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmpdir)
         root = args.lmdb or build_lmdb(tmp, n)
         from cn_clip_ext import get_tokenizer
-        from cn_clip_ext.data.lmdb_reader import LmdbPairDataset
+        from cn_clip_ext.lmdb.reader import LmdbPairDataset
 
         _, train_tf, _ = create_model_and_transforms(VISIONCLIP_TINY, seed=0)
         lmdb_ds = LmdbPairDataset(root / "train", transform=train_tf, tokenizer=get_tokenizer(VISIONCLIP_TINY))

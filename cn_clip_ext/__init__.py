@@ -11,18 +11,20 @@ import importlib
 import importlib.util
 from typing import Any
 
+from . import compat as _compat
+
 if importlib.util.find_spec("cn_clip") is None:  # pragma: no cover - only without the set-up script
     raise ImportError("cn_clip_ext needs cn_clip 1.6.0: pip install --no-deps cn_clip==1.6.0 "
                       "(run_scripts/setup.sh does this)")
 
 _EXPORTS = {
-    "factory": ("VISIONCLIP", "VISIONCLIP_TINY", "ModelConfig", "UnknownModelError", "add_model_config",
+    "model.factory": ("VISIONCLIP", "VISIONCLIP_TINY", "ModelConfig", "UnknownModelError", "add_model_config",
                 "create_model", "create_model_and_transforms", "get_model_config", "get_tokenizer", "list_models",
                 "list_towers"),
-    "pretrained": ("load_pretrained",),
-    "tokenizer": ("Tokenizer",),
-    "transforms": ("CLIP_MEAN", "CLIP_STD", "AugmentConfig", "FundusPreprocess", "eval_transform", "train_transform"),
-    "tripartite": ("TripartiteCLIP", "create_tripartite_model"),
+    "model.pretrained": ("load_pretrained",),
+    "model.tokenizer": ("Tokenizer",),
+    "model.transforms": ("CLIP_MEAN", "CLIP_STD", "AugmentConfig", "FundusPreprocess", "eval_transform", "train_transform"),
+    "model.tripartite": ("TripartiteCLIP", "create_tripartite_model"),
 }
 _HOME = {name: module for module, names in _EXPORTS.items() for name in names}
 
@@ -40,6 +42,8 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> list[str]:
     return sorted([*globals(), *_HOME])
 
+
+_compat.install()
 
 __version__ = "0.1.0"
 

@@ -25,7 +25,7 @@ def device_arg(text: str) -> str:
     this machine (an unknown name or CUDA without a GPU is a one-line usage error)."""
     import argparse
 
-    from .training.distributed import pick_device
+    from .devices import pick_device
 
     try:
         return str(pick_device(text, 0))

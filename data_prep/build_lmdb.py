@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Sequence
 
 from cn_clip_ext.cli import run_program, setup_logging
-from cn_clip_ext.data.lmdb_digest import verify_output
-from cn_clip_ext.data.lmdb_writer import BuildConfig, build_lmdb
-from cn_clip_ext.data.schema import PATIENT_COLUMNS, PATIENTS_CSV
-from cn_clip_ext.data.splits import SplitRatios
-from cn_clip_ext.data.validate import PATIENTS_KIND, ImageOptions, InputSpec
+from cn_clip_ext.lmdb.digest import verify_output
+from cn_clip_ext.lmdb.writer import BuildConfig, build_lmdb
+from cn_clip_ext.layouts import PATIENT_COLUMNS, PATIENTS_CSV
+from cn_clip_ext.lmdb.splits import SplitRatios
+from cn_clip_ext.lmdb.validate import PATIENTS_KIND, ImageOptions, InputSpec
 from cn_clip_ext.errors import UserError
 
 PROG = "vclip-build-lmdb"

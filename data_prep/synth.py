@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Sequence
 
 from cn_clip_ext.cli import run_program, setup_logging
-from cn_clip_ext.data.schema import EVAL_LAYOUTS, PATIENTS_CSV, PATIENTS_DIR, SYNFUNDUS_CSV, SYNFUNDUS_IMAGE_DIR
-from cn_clip_ext.data.synth import ID_OFFSET, SynthConfig, generate
+from cn_clip_ext.layouts import EVAL_LAYOUTS, PATIENTS_CSV, PATIENTS_DIR, SYNFUNDUS_CSV, SYNFUNDUS_IMAGE_DIR
+from cn_clip_ext.synth.generator import ID_OFFSET, SynthConfig, generate
 from cn_clip_ext.errors import UserError
 
 PROG = "vclip-synth"

@@ -8,10 +8,9 @@ from typing import Sequence
 
 from cn_clip_ext.cli import device_arg, run_program, setup_logging
 from cn_clip_ext.errors import UserError
+from cn_clip_ext.evaluation.resources import DATASETS_TABLE
 
 PROG = "vclip-audit"
-HERE = Path(__file__).resolve().parent
-DATASETS_TABLE = HERE / "datasets.yaml"
 logger = logging.getLogger(PROG)
 
 

@@ -13,15 +13,13 @@ from cn_clip_ext.errors import UserError
 from cn_clip_ext.evaluation import (ClassEmbedder, encode_images, k_shot, linear_probe, load_dataset_table,
                                     load_eval_set, load_prompt_set, probe_split, write_reports, zero_shot_features)
 from cn_clip_ext.evaluation.probe import PROBE_MODES
-from cn_clip_ext.factory import UnknownModelError
-from cn_clip_ext.inference import decode_workers
-from cn_clip_ext.loading import load_checkpoint_model
-from cn_clip_ext.transforms import PREPROCESS_MODES
-from cn_clip_ext.tripartite import SINGLE_EYE_HEADS
+from cn_clip_ext.evaluation.resources import DATASETS_TABLE, PROMPTS_DIR
+from cn_clip_ext.model.factory import UnknownModelError
+from cn_clip_ext.model.inference import decode_workers
+from cn_clip_ext.model.checkpoints import load_checkpoint_model
+from cn_clip_ext.model.transforms import PREPROCESS_MODES
+from cn_clip_ext.model.tripartite import SINGLE_EYE_HEADS
 
-HERE = Path(__file__).resolve().parent
-PROMPTS_DIR = HERE / "prompts"
-DATASETS_TABLE = HERE / "datasets.yaml"
 logger = logging.getLogger("vclip-eval")
 
 
@@ -49,9 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", type=Path, help="a folder holding datasets under their table names "
                                                   "(messidor2/, fives/, refuge/ ...): every one found is used")
     p.add_argument("--datasets-table", type=Path, default=DATASETS_TABLE,
-                   help="YAML/JSON dataset table (default: eval/datasets.yaml)")
+                   help="YAML/JSON dataset table (default: the built-in table)")
     p.add_argument("--prompts", default="plain",
-                   help="prompt set: a name in eval/prompts (plain, expert) or a YAML/JSON file")
+                   help="prompt set: a built-in set name (plain, expert) or a YAML/JSON file")
     p.add_argument("--preprocess", choices=sorted(PREPROCESS_MODES), default="fov",
                    help="fov: crop to the field of view and pad (default); squash: cn_clip's resize")
     p.add_argument("--batch-size", type=int, default=64,
@@ -137,7 +135,7 @@ def _models(args: argparse.Namespace):
     for item in args.checkpoint:
         path, sep, label = item.partition("=")
         if Path(path).is_dir():  # an exported bundle (vclip-export)
-            from cn_clip_ext.pretrained import load_pretrained
+            from cn_clip_ext.model.pretrained import load_pretrained
 
             model, _, _ = load_pretrained(path, device=args.device, model_name=args.model)
             arch = model.vclip_config.name

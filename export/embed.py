@@ -8,8 +8,8 @@ from typing import Sequence
 
 from cn_clip_ext.cli import device_arg, run_program, setup_logging
 from cn_clip_ext.errors import UserError
-from cn_clip_ext.inference import decode_workers
-from cn_clip_ext.transforms import PREPROCESS_MODES
+from cn_clip_ext.model.inference import decode_workers
+from cn_clip_ext.model.transforms import PREPROCESS_MODES
 
 PROG = "vclip-embed"
 logger = logging.getLogger(PROG)
@@ -55,8 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.verbose)
 
     def body() -> int:
-        from cn_clip_ext import embed
-        from cn_clip_ext.pretrained import load_pretrained
+        from cn_clip_ext.model import embed
+        from cn_clip_ext.model.pretrained import load_pretrained
 
         workers = decode_workers(args.batch_size, args.workers, args.device)
         if args.captions is not None:

@@ -6,24 +6,22 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-from cn_clip_ext.bundle import TOWERS, BundleConfig, SourceInfo, file_sha256, write_bundle
+from cn_clip_ext.model.bundle import TOWERS, BundleConfig, SourceInfo, file_sha256, write_bundle
 from cn_clip_ext.cli import run_program, setup_logging
 from cn_clip_ext.errors import UserError
-from cn_clip_ext.onnx_export import DEFAULT_OPSET, bundle_hook
-from cn_clip_ext.transforms import PREPROCESS_MODES
+from cn_clip_ext.evaluation.prompts import load_prompt_set
+from cn_clip_ext.model.onnx import DEFAULT_OPSET, bundle_hook
+from cn_clip_ext.model.transforms import PREPROCESS_MODES
 
 PROG = "vclip-export"
 logger = logging.getLogger(PROG)
 
 
 def default_prompts() -> list[Path]:
-    """The prompt sets that ship with vclip-eval (its installed ``prompts/*.yaml``)."""
-    try:
-        import vclip_eval
-    except ImportError:
-        logger.warning("vclip_eval is not installed: the bundle gets no prompt sets")
-        return []
-    return sorted((Path(vclip_eval.__file__).resolve().parent / "prompts").glob("*.yaml"))
+    """The library's built-in prompt sets (``cn_clip_ext/evaluation/resources/prompts/*.yaml``)."""
+    from cn_clip_ext.evaluation.resources import builtin_prompt_sets
+
+    return builtin_prompt_sets()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _load(args: argparse.Namespace):
     """``(cn_clip CLIP model, preprocess mode, source, towers available)`` for the input."""
-    from cn_clip_ext.pretrained import load_pretrained
+    from cn_clip_ext.model.pretrained import load_pretrained
 
     if args.checkpoint.is_dir():
         model, _, _ = load_pretrained(args.checkpoint, model_name=args.model, preprocess=args.preprocess)
@@ -72,7 +70,7 @@ def _load(args: argparse.Namespace):
         return model.clip, model.preprocess_mode, SourceInfo(**cfg.source), model.towers
     if not args.checkpoint.is_file():
         raise UserError(f"{args.checkpoint}: checkpoint not found")
-    from cn_clip_ext.loading import load_checkpoint_full
+    from cn_clip_ext.model.checkpoints import load_checkpoint_full
 
     loaded = load_checkpoint_full(args.checkpoint, args.model)
     mode = args.preprocess or loaded.config.get("preprocess") or ("fov" if loaded.is_visionclip else "squash")
@@ -89,6 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.prompts and args.no_prompts:
             raise UserError("--prompts and --no-prompts contradict each other")
         prompts = [] if args.no_prompts else (args.prompts or default_prompts())
+        for path in prompts:
+            if Path(path).is_file():
+                load_prompt_set(path)  # a one-line UserError naming a file that is not a prompt set
         clip, mode, source, available = _load(args)
         lacking = [t for t in towers if t not in available]
         if lacking:

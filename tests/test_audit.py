@@ -10,7 +10,7 @@ from PIL import Image
 from cn_clip_ext.audit import (COPY_TRANSFORMS, MAX_HASH_DISTANCE, VesselEncoder, fov_circle, make_copy, measure,
                                neighbours, open_corpus, read_exclude, search, search_rotated)
 from cn_clip_ext.audit.hashing import hamming
-from cn_clip_ext.data.synth import write_eval_sets, write_synfundus
+from cn_clip_ext.synth.generator import write_eval_sets, write_synfundus
 from cn_clip_ext.evaluation import load_dataset_table, load_eval_set
 from vclip_eval.audit import main as audit_main
 from vclip_eval.evaluate import DATASETS_TABLE
@@ -181,8 +181,8 @@ def test_lmdb_and_csv_corpora(data, tmp_path):
     csv_path.write_text("path\n" + "".join(f"{p}\n" for p in files), encoding="utf-8")
     src = open_corpus(csv_path)
     assert len(src) == 5 and src.open(0).mode == "RGB" and src.content_key() == open_corpus(csv_path).content_key()
-    from cn_clip_ext.data.lmdb_writer import BuildConfig, build_lmdb
-    from cn_clip_ext.data.validate import InputSpec
+    from cn_clip_ext.lmdb.writer import BuildConfig, build_lmdb
+    from cn_clip_ext.lmdb.validate import InputSpec
 
     build_lmdb(BuildConfig(InputSpec.synfundus(root / "syn"), tmp_path / "lmdb", workers=1, progress=False))
     lmdb = open_corpus(tmp_path / "lmdb")

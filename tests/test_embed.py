@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import cn_clip_ext as vc
-from cn_clip_ext.data.synth import synfundus_example
+from cn_clip_ext.synth.generator import synfundus_example
 from cn_clip_ext.training.checkpoint import atomic_save
 from vclip_export.embed import main as embed_main
 from vclip_export.export import main as export_main

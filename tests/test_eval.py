@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from sklearn import metrics as skm
 
-from cn_clip_ext.data.synth import write_eval_sets
+from cn_clip_ext.synth.generator import write_eval_sets
 from cn_clip_ext.errors import UserError
 from cn_clip_ext.evaluation import ClassEmbedder, load_dataset_table, load_eval_set, load_prompt_set, scores
-from cn_clip_ext.zeroshot import class_embeddings
+from cn_clip_ext.evaluation.classifier import class_embeddings
 from vclip_eval.evaluate import DATASETS_TABLE, PROMPTS_DIR, main
 
 N_EVAL = 24

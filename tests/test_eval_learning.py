@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from cn_clip_ext import eval_transform, get_tokenizer
-from cn_clip_ext.data.synth import write_fives, write_synfundus
+from cn_clip_ext.synth.generator import write_fives, write_synfundus
 from cn_clip_ext.evaluation import (encode_images, linear_probe, load_dataset_table, load_eval_set,
                                     load_prompt_set, probe_split, zero_shot_features)
-from cn_clip_ext.loading import load_checkpoint_model
+from cn_clip_ext.model.checkpoints import load_checkpoint_model
 from cn_clip_ext.training import TrainConfig, train
 from vclip_eval.evaluate import DATASETS_TABLE, PROMPTS_DIR
 

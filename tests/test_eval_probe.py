@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cn_clip_ext.data.synth import write_eval_sets
+from cn_clip_ext.synth.generator import write_eval_sets
 from cn_clip_ext.errors import UserError
 from cn_clip_ext.evaluation import (k_shot, linear_probe, load_dataset_table, load_eval_set, load_prompt_set,
                                     probe_split, scores)
 from cn_clip_ext.evaluation.datasets import EvalSet
 from cn_clip_ext.evaluation.probe import C_GRID, choose_c
 from cn_clip_ext.evaluation.sheets import read_sheet
-from cn_clip_ext.training import evaluation as train_eval
-from cn_clip_ext.training.data import make_toy_pairs
+from cn_clip_ext.training import validation as train_eval
+from cn_clip_ext.synth.toys import make_toy_pairs
 from cn_clip_ext.training.distributed import DistEnv
 from vclip_eval.evaluate import DATASETS_TABLE, PROMPTS_DIR, main
 

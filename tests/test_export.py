@@ -13,13 +13,13 @@ import torch
 import torch.nn.functional as F
 
 import cn_clip_ext as vc
-from cn_clip_ext.bundle import BundleConfig, file_sha256
-from cn_clip_ext.data.synth import synfundus_example
+from cn_clip_ext.model.bundle import BundleConfig, file_sha256
+from cn_clip_ext.synth.generator import synfundus_example
 from cn_clip_ext.errors import UserError
-from cn_clip_ext.loading import load_checkpoint_model
-from cn_clip_ext.onnx_export import check_parity
-from cn_clip_ext.pretrained import MissingTowerError
-from cn_clip_ext.tokenizer import vocab_sha256
+from cn_clip_ext.model.checkpoints import load_checkpoint_model
+from cn_clip_ext.model.onnx import check_parity
+from cn_clip_ext.model.pretrained import MissingTowerError
+from cn_clip_ext.model.tokenizer import vocab_sha256
 from cn_clip_ext.training.checkpoint import atomic_save
 from vclip_export.export import main as export_main
 
@@ -273,7 +273,7 @@ def test_readme_example_runs(bundle, tmp_path, monkeypatch):
 
 
 def test_tripartite_checkpoint_exports_and_loads_with_its_heads(tmp_path):
-    from cn_clip_ext.tripartite import TripartiteCLIP, create_tripartite_model
+    from cn_clip_ext.model.tripartite import TripartiteCLIP, create_tripartite_model
 
     model = create_tripartite_model(vc.VISIONCLIP_TINY, seed=4).eval()
     model.set_single_eye_head("left")

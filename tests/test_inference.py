@@ -8,12 +8,12 @@ import torch
 from PIL import Image
 
 from cn_clip_ext import create_model, eval_transform
-from cn_clip_ext.data.synth import write_eval_sets
+from cn_clip_ext.synth.generator import write_eval_sets
 from cn_clip_ext.errors import UserError
 from cn_clip_ext.evaluation import encode_images, load_dataset_table, load_eval_set
-from cn_clip_ext.inference import (CPU_BATCH, FirstTokenAttentionPool, batchnorm_folded, cpu_count, decode_workers,
+from cn_clip_ext.model.inference import (CPU_BATCH, FirstTokenAttentionPool, batchnorm_folded, cpu_count, decode_workers,
                                    default_workers, first_token_attention_pools, forward_batch, image_inference)
-from cn_clip_ext.transforms import box_reduce, open_rgb, place_array, read_rgb
+from cn_clip_ext.model.transforms import box_reduce, open_rgb, place_array, read_rgb
 from vclip_eval.evaluate import DATASETS_TABLE, main
 
 MODEL = "RN-tiny@BERT-tiny-chinese"

@@ -74,8 +74,8 @@ def kill_build_midway(args: list[str], out: Path, after_row: int, timeout: float
     group, workers included, like ``kill -9``, once its journal has passed ``after_row``; the journal cursor then."""
     import pytest
 
-    from cn_clip_ext.data.lmdb_journal import read_cursor
-    from cn_clip_ext.data.lmdb_writer import THROTTLE_ENV
+    from cn_clip_ext.lmdb.journal import read_cursor
+    from cn_clip_ext.lmdb.writer import THROTTLE_ENV
 
     proc = subprocess.Popen([sys.executable, "-m", "vclip_data_prep.build_lmdb", *args],
                             env={**os.environ, THROTTLE_ENV: "0.2"}, stdout=subprocess.DEVNULL,

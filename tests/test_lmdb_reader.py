@@ -8,11 +8,11 @@ from pathlib import Path
 import lmdb
 import pytest
 
-from cn_clip_ext.data.lmdb_digest import verify_output
-from cn_clip_ext.data.lmdb_reader import LmdbPairDataset, UnsafeRecordError, safe_loads_pair
-from cn_clip_ext.data.lmdb_writer import BuildConfig, build_lmdb
-from cn_clip_ext.data.splits import SplitRatios
-from cn_clip_ext.data.validate import InputSpec
+from cn_clip_ext.lmdb.digest import verify_output
+from cn_clip_ext.lmdb.reader import LmdbPairDataset, UnsafeRecordError, safe_loads_pair
+from cn_clip_ext.lmdb.writer import BuildConfig, build_lmdb
+from cn_clip_ext.lmdb.splits import SplitRatios
+from cn_clip_ext.lmdb.validate import InputSpec
 from test_lmdb_fixtures import make_synfundus
 
 

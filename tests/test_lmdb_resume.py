@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from cn_clip_ext.data.lmdb_digest import content_digest, verify_output
-from cn_clip_ext.data.lmdb_journal import read_cursor
+from cn_clip_ext.lmdb.digest import content_digest, verify_output
+from cn_clip_ext.lmdb.journal import read_cursor
 from test_lmdb_fixtures import kill_build_midway, make_synfundus
 from vclip_data_prep.build_lmdb import main
 
@@ -45,9 +45,9 @@ def test_killed_build_resumes_to_identical_digest(tmp_path, capsys):
 
 def test_crash_between_data_and_journal_commit_replays_identically(tmp_path, monkeypatch):
     """The worst moment: a block's images and pairs are in, its journal entry is not."""
-    from cn_clip_ext.data import lmdb_journal
-    from cn_clip_ext.data.lmdb_writer import BuildConfig, build_lmdb
-    from cn_clip_ext.data.validate import InputSpec
+    from cn_clip_ext.lmdb import journal as lmdb_journal
+    from cn_clip_ext.lmdb.writer import BuildConfig, build_lmdb
+    from cn_clip_ext.lmdb.validate import InputSpec
 
     root = tmp_path / "syn"
     make_synfundus(root, 20, seed=12)

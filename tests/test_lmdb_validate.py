@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cn_clip_ext.data.lmdb_reader import LmdbPairDataset
-from cn_clip_ext.data.lmdb_writer import BuildConfig, build_lmdb
-from cn_clip_ext.data.validate import InputSpec
+from cn_clip_ext.lmdb.reader import LmdbPairDataset
+from cn_clip_ext.lmdb.writer import BuildConfig, build_lmdb
+from cn_clip_ext.lmdb.validate import InputSpec
 from cn_clip_ext.errors import UserError
 from test_lmdb_fixtures import COLUMNS, fundus_image, make_synfundus, row_for, write_csv
 from vclip_data_prep.build_lmdb import main
@@ -88,7 +88,7 @@ def test_every_bad_row_is_rejected_with_its_reason_and_no_good_row_is_lost(bad_c
 
 
 def test_summary_describes_fractional_scores_instead_of_counting_values():
-    from cn_clip_ext.data.lmdb_tables import _LabelCounts
+    from cn_clip_ext.lmdb.tables import _LabelCounts
 
     counts = _LabelCounts(("dr_grade", "retinal_region_quality_score", "note"))
     for split, grade, score, note in [("train", "0", "0.25", "a"), ("train", "2", "0.75", "1.5"),
@@ -102,7 +102,7 @@ def test_summary_describes_fractional_scores_instead_of_counting_values():
 
 
 def test_convert_modes_keeps_grey_rgba_and_16_bit(bad_corpus, tmp_path):
-    from cn_clip_ext.data.validate import ImageOptions
+    from cn_clip_ext.lmdb.validate import ImageOptions
 
     root, _ = bad_corpus
     _build(root, tmp_path / "out", image=ImageOptions(convert_modes=True))
@@ -170,8 +170,8 @@ def test_missing_csv_and_mismatched_rebuild_are_user_errors(tmp_path):
 
 
 def test_fast_png_path_decodes_like_pil_and_still_rejects_corrupted_data():
-    from cn_clip_ext import png
-    from cn_clip_ext.data import validate
+    from cn_clip_ext.model import png
+    from cn_clip_ext.lmdb import validate
 
     rng = np.random.default_rng(11)
     data = _png(fundus_image(rng))

@@ -14,20 +14,20 @@ import pytest
 import torch
 from PIL import Image
 
-from cn_clip_ext.data.captions import make_patient_report
-from cn_clip_ext.data.lmdb_digest import content_digest, verify_output
-from cn_clip_ext.data.lmdb_reader import (
+from cn_clip_ext.synth.captions import make_patient_report
+from cn_clip_ext.lmdb.digest import content_digest, verify_output
+from cn_clip_ext.lmdb.reader import (
     LmdbPairDataset, LmdbPatientDataset, UnsafeRecordError, dataset_kind, open_lmdb_dataset, safe_loads_patient,
 )
-from cn_clip_ext.data.lmdb_writer import BuildConfig, build_lmdb
-from cn_clip_ext.data.patients import (
+from cn_clip_ext.lmdb.writer import BuildConfig, build_lmdb
+from cn_clip_ext.synth.toys import (
     TensorPatients, make_toy_patients, parse_toy_patients_spec, toy_patient_report, toy_patient_splits,
 )
-from cn_clip_ext.data.schema import PATIENT_COLUMNS, PATIENT_LABEL_COLUMNS, PATIENTS_CSV, PATIENTS_DIR
-from cn_clip_ext.data.splits import SPLITS, split_of
-from cn_clip_ext.data.synth import patient_example, sample_patient, write_patients
-from cn_clip_ext.data.validate import ImageOptions, InputSpec
-from cn_clip_ext.transforms import eval_transform
+from cn_clip_ext.layouts import PATIENT_COLUMNS, PATIENT_LABEL_COLUMNS, PATIENTS_CSV, PATIENTS_DIR
+from cn_clip_ext.lmdb.splits import SPLITS, split_of
+from cn_clip_ext.synth.generator import patient_example, sample_patient, write_patients
+from cn_clip_ext.lmdb.validate import ImageOptions, InputSpec
+from cn_clip_ext.model.transforms import eval_transform
 from test_lmdb_fixtures import kill_build_midway, make_synfundus
 from vclip_data_prep.build_lmdb import main as build_main
 from vclip_data_prep.synth import main as synth_main

@@ -16,16 +16,16 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from cn_clip_ext.data.patients import make_toy_patients
-from cn_clip_ext.data.synth import write_eval_sets
+from cn_clip_ext.synth.toys import make_toy_patients
+from cn_clip_ext.synth.generator import write_eval_sets
 from cn_clip_ext.errors import UserError
-from cn_clip_ext.factory import add_model_config, list_models
-from cn_clip_ext.loading import load_checkpoint_full
+from cn_clip_ext.model.factory import add_model_config, list_models
+from cn_clip_ext.model.checkpoints import load_checkpoint_full
 from cn_clip_ext.training import TrainConfig, make_toy_pairs, train
 from cn_clip_ext.training.checkpoint import LATEST
 from cn_clip_ext.training.loss import TripartiteLoss
 from cn_clip_ext.training.recorder import read_metrics, series
-from cn_clip_ext.tripartite import (LOGIT_SCALES, TripartiteCLIP, TripartiteOutput, create_tripartite_model,
+from cn_clip_ext.model.tripartite import (LOGIT_SCALES, TripartiteCLIP, TripartiteOutput, create_tripartite_model,
                                     retclip_state_to_ours)
 from test_train_support import ROOT, TEST_MODEL, TORCHRUN, cpu_env, model_config_dir
 

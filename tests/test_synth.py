@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cn_clip_ext.data import synth
-from cn_clip_ext.data.captions import make_caption
-from cn_clip_ext.data.render import render_fundus
-from cn_clip_ext.data.schema import (CAPTION_KEYWORDS, FINDINGS, FIVES, MESSIDOR2, NORMAL_KEYWORD, REFUGE,
+from cn_clip_ext.synth import generator as synth
+from cn_clip_ext.synth.captions import make_caption
+from cn_clip_ext.synth.renderer import render_fundus
+from cn_clip_ext.layouts import (CAPTION_KEYWORDS, FINDINGS, FIVES, MESSIDOR2, NORMAL_KEYWORD, REFUGE,
                                      SYNFUNDUS_COLUMNS, SYNFUNDUS_CSV, SYNFUNDUS_IMAGE_DIR)
-from cn_clip_ext.data.synth import SynthConfig, generate, sample_labels, write_synfundus
+from cn_clip_ext.synth.generator import SynthConfig, generate, sample_labels, write_synfundus
 from vclip_data_prep.synth import main
 
 N_CORPUS, N_EVAL, SIZE = 40, 24, 160

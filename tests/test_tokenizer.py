@@ -4,7 +4,7 @@ import torch
 from cn_clip.clip import tokenize as cn_tokenize
 
 import cn_clip_ext as vc
-from cn_clip_ext.tokenizer import vocab_path, vocab_sha256
+from cn_clip_ext.model.tokenizer import vocab_path, vocab_sha256
 
 SENTENCES = [
     "疑似青光眼。",
@@ -33,7 +33,7 @@ def test_ids_equal_cn_clip(backend, context_length):
 
 
 def test_generated_captions_match(tmp_path):
-    synth = pytest.importorskip("cn_clip_ext.data.synth")
+    synth = pytest.importorskip("cn_clip_ext.synth.generator")
     captions = synth.sample_captions(200, seed=3) if hasattr(synth, "sample_captions") else None
     if captions is None:
         pytest.skip("generator exposes no caption sampler")

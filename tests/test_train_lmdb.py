@@ -12,7 +12,7 @@ from vclip_eval.evaluate import DATASETS_TABLE, PROMPTS_DIR
 
 @pytest.fixture(scope="module")
 def lmdb_root(tmp_path_factory):
-    synth = pytest.importorskip("cn_clip_ext.data.synth")
+    synth = pytest.importorskip("cn_clip_ext.synth.generator")
     build = pytest.importorskip("vclip_data_prep.build_lmdb")
     tmp = tmp_path_factory.mktemp("lmdb")
     synth.write_synfundus(tmp / "syn", n=40, seed=0, size=96, workers=1, progress=False)

@@ -13,7 +13,7 @@ def test_anon_rss_counts_this_process():
 
 
 def test_memory_is_flat_across_epochs(tmp_path):
-    synth = pytest.importorskip("cn_clip_ext.data.synth")
+    synth = pytest.importorskip("cn_clip_ext.synth.generator")
     build = pytest.importorskip("vclip_data_prep.build_lmdb")
     synth.write_synfundus(tmp_path / "syn", n=48, seed=1, size=96, workers=1, progress=False)
     assert build.main([str(tmp_path / "syn"), "--out", str(tmp_path / "lmdb"), "--split", "1:0:0", "--size", "96",

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from cn_clip_ext import VISIONCLIP_TINY, create_model
-from cn_clip_ext.metrics import balanced_accuracy, recall_at_k
+from cn_clip_ext.evaluation.scores import balanced_accuracy, recall_at_k
 from cn_clip_ext.training import ResumableSampler, SeededDataset, TrainConfig, build_optimizer, build_scheduler
 from cn_clip_ext.training.optim import no_decay
-from cn_clip_ext.zeroshot import class_embeddings, predict
+from cn_clip_ext.evaluation.classifier import class_embeddings, predict
 
 
 def test_config_defaults_file_and_cli_overrides(tmp_path):

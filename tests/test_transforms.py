@@ -7,7 +7,7 @@ from skimage.data import retina
 from torchvision import transforms as T
 
 import cn_clip_ext as vc
-from cn_clip_ext.transforms import CLIP_MEAN, CLIP_STD, ColorJitterNormalize, fov_bbox, to_normalized_tensor
+from cn_clip_ext.model.transforms import CLIP_MEAN, CLIP_STD, ColorJitterNormalize, fov_bbox, to_normalized_tensor
 
 
 def _disc_image(width: int, height: int, diameter: int, mode: str = "RGB") -> Image.Image:

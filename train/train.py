@@ -54,12 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def default_zeroshot_files() -> dict[str, str]:
-    """vclip-eval's plain prompt set and dataset table, so validation and evaluation share prompts."""
-    from importlib.resources import files
+    """The library's plain prompt set and dataset table, so validation and evaluation share prompts."""
+    from cn_clip_ext.evaluation.resources import DATASETS_TABLE, PROMPTS_DIR
 
-    package = files("vclip_eval")
-    return {"zeroshot_prompts": str(package / "prompts" / "plain.yaml"),
-            "zeroshot_table": str(package / "datasets.yaml")}
+    return {"zeroshot_prompts": str(PROMPTS_DIR / "plain.yaml"), "zeroshot_table": str(DATASETS_TABLE)}
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

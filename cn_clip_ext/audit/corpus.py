@@ -16,8 +16,8 @@ from typing import Sequence
 
 from PIL import Image
 
-from ..data.lmdb_store import IMGS, NUM_IMAGES, open_readonly
-from ..embed import ImageItem, images_from_csv, images_from_folder
+from ..lmdb.store import IMGS, NUM_IMAGES, open_readonly
+from ..model.embed import ImageItem, images_from_csv, images_from_folder
 from ..errors import UserError
 from ..evaluation.datasets import EvalSet
 

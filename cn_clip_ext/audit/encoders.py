@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..inference import image_inference
-from ..transforms import to_normalized_tensor
+from ..model.inference import image_inference
+from ..model.transforms import to_normalized_tensor
 from .hashing import VIEW_SIZE, VesselDescriptor
 
 logger = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ class ModelEncoder(Encoder):
     """
 
     def __init__(self, path: str | Path, arch: str | None = None, device: str | torch.device = "cpu"):
-        from ..pretrained import load_pretrained
+        from ..model.pretrained import load_pretrained
 
         self.model, _, _ = load_pretrained(path, device=device, model_name=arch)
         self.model.require_tower("image")
@@ -85,7 +85,7 @@ class ModelEncoder(Encoder):
         return to_normalized_tensor(view)
 
     def session(self, workers: int = 0) -> contextlib.AbstractContextManager:
-        """The model's batch-inference set-up (:func:`~cn_clip_ext.inference.image_inference`)."""
+        """The model's batch-inference set-up (:func:`~cn_clip_ext.model.inference.image_inference`)."""
         return image_inference(self.model, self.model.device, workers)
 
     @torch.no_grad()

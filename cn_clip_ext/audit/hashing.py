@@ -9,7 +9,7 @@ a vessel-enhanced view:
 
 1. :func:`fov_circle` fits a circle to the FOV boundary (robust to noise in the black surround,
    to padding and to crops that cut into the FOV) and :func:`fov_view` resamples that circle into
-   a square with :func:`cn_clip_ext.transforms.place`, optionally rotated;
+   a square with :func:`cn_clip_ext.model.transforms.place`, optionally rotated;
 2. :func:`vessel_image` band-passes the green channel (difference of Gaussians), masks the rim
    and normalises the contrast, which removes illumination and colour shifts;
 3. :func:`perceptual_hash` concatenates ``imagehash`` pHash (16x16 = 256 bits) and dHash
@@ -28,7 +28,7 @@ import imagehash
 import numpy as np
 from PIL import Image, ImageFilter
 
-from ..transforms import FOV_THRESHOLD, Geometry, place
+from ..model.transforms import FOV_THRESHOLD, Geometry, place
 
 HASH_BITS = 512
 """pHash 256 bits + dHash 256 bits."""

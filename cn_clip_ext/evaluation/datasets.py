@@ -1,6 +1,6 @@
 """Evaluation datasets read in their published layouts.
 
-A dataset table (``eval/datasets.yaml``) names, for each dataset, the *reader* that understands
+A dataset table (``cn_clip_ext/evaluation/resources/datasets.yaml``) names, for each dataset, the *reader* that understands
 its layout and the prompt class each label means. Readers are registered in :data:`READERS`;
 each returns the images and raw labels, which :func:`load_eval_set` maps to prompt classes.
 """
@@ -15,10 +15,10 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from PIL import Image
 
-from ..data.schema import FIVES, MESSIDOR2, REFUGE
+from ..layouts import FIVES, MESSIDOR2, REFUGE
 from ..errors import UserError, where
 from ..files import read_structured
-from ..transforms import RGBImage, open_rgb, read_rgb
+from ..model.transforms import RGBImage, open_rgb, read_rgb
 from .sheets import SHEET_SUFFIXES, find_column, read_csv_rows, read_sheet
 
 logger = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ Reader = Callable[[Path, DatasetSpec], "RawItems | tuple[RawItems, Callable[[str
 
 
 def open_image_file(path: str, min_size: int | None = None) -> Image.Image:
-    """Decode as RGB, JPEGs at a reduced scale no smaller than ``min_size`` (see :func:`cn_clip_ext.transforms.open_rgb`)."""
+    """Decode as RGB, JPEGs at a reduced scale no smaller than ``min_size`` (see :func:`cn_clip_ext.model.transforms.open_rgb`)."""
     return open_rgb(path, min_size)
 
 

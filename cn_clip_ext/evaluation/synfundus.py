@@ -8,7 +8,7 @@ from typing import Callable, Mapping
 
 from PIL import Image
 
-from ..data.lmdb_reader import LmdbPairDataset, read_labels
+from ..lmdb.reader import LmdbPairDataset, read_labels
 from ..errors import UserError
 from .datasets import READERS, DatasetSpec, RawItems
 

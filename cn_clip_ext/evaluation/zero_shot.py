@@ -12,8 +12,8 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from ..errors import UserError
-from ..inference import Decoded, SplitTransform, decoded, encode_batches
-from ..zeroshot import class_embeddings
+from ..model.inference import Decoded, SplitTransform, decoded, encode_batches
+from .classifier import class_embeddings
 from . import scores
 from .datasets import EvalSet
 from .prompts import PromptSet
@@ -21,7 +21,7 @@ from .prompts import PromptSet
 
 class _Images(Dataset):
     """Decoded images of an :class:`EvalSet` through the per-image half of a transform (in
-    DataLoader workers); see :class:`~cn_clip_ext.inference.SplitTransform`."""
+    DataLoader workers); see :class:`~cn_clip_ext.model.inference.SplitTransform`."""
 
     def __init__(self, eval_set: EvalSet, transform: Callable):
         self.eval_set = eval_set
@@ -38,7 +38,7 @@ class _Images(Dataset):
 def encode_images(model: torch.nn.Module, eval_set: EvalSet, transform: Callable, batch_size: int = 64,
                   workers: int = 2, device: str | torch.device = "cpu", progress: bool = True) -> torch.Tensor:
     """``[N, D]`` L2-normalised image embeddings, in the data set's order (see
-    :func:`~cn_clip_ext.inference.encode_batches`); an unreadable image is a :class:`UserError`."""
+    :func:`~cn_clip_ext.model.inference.encode_batches`); an unreadable image is a :class:`UserError`."""
     images = _Images(eval_set, transform)
     feats = []
     encoded = encode_batches(model, images, images.split, batch_size, workers, device)

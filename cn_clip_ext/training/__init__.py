@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from .checkpoint import atomic_save, load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .data import ResumableSampler, SeededDataset, TensorPairs, make_toy_pairs
+from ..synth.toys import TensorPairs, make_toy_pairs
+from .data import ResumableSampler, SeededDataset
 from .distributed import DistEnv, init_distributed
 from .loss import ContrastiveLoss, TripartiteLoss, clamp_logit_scale, clip_loss, gather_features
 from .loop import Trainer, TrainingDiverged, TrainResult, train

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError, describe
+from ..model.checkpoints import load_checkpoint, strip_module  # noqa: F401  (the reading side lives with the model)
 
 logger = logging.getLogger(__name__)
 
@@ -105,28 +106,6 @@ def save_checkpoint(state: Mapping[str, Any], folder: str | Path, step: int, kee
     return path
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
-                    allow_bare: bool = False) -> dict[str, Any]:
-    """Load with ``weights_only=True``; a missing or unreadable file is a one-line :class:`UserError`.
-
-    ``allow_bare`` also accepts a bare state dict (name -> tensor, as RET-CLIP releases its
-    weights) and returns it as ``{"state_dict": ...}``.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - truncated zip, bad pickle, foreign object ...
-        raise UserError(f"{path}: corrupted or unreadable checkpoint ({describe(exc)})") from None
-    if allow_bare and isinstance(ckpt, dict) and "state_dict" not in ckpt and ckpt \
-            and all(torch.is_tensor(v) for v in ckpt.values()):
-        return {"state_dict": ckpt}
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise UserError(f"{path}: not a training checkpoint (no 'state_dict' key)")
-    return ckpt
-
-
 def find_resume(spec: str | None, folder: str | Path) -> Path | None:
     """``None`` -> no resume; ``"auto"`` -> ``folder/latest.pt`` when it exists; else the path given."""
     if spec is None:
@@ -138,11 +117,6 @@ def find_resume(spec: str | None, folder: str | Path) -> Path | None:
     if not path.is_file():
         raise UserError(f"{path}: --resume checkpoint not found")
     return path
-
-
-def strip_module(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Drop the ``module.`` prefix DDP adds (cn_clip's checkpoints carry it)."""
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state_dict.items()}
 
 
 # -- random-number generator states (weights_only-safe) -----------------------------------------

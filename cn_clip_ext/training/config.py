@@ -23,7 +23,7 @@ from typing import Any, Mapping
 
 from ..errors import UserError
 from ..files import read_structured
-from ..factory import VISIONCLIP, VISIONCLIP_TINY
+from ..model.factory import VISIONCLIP, VISIONCLIP_TINY
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 

@@ -1,4 +1,4 @@
-"""Data plumbing for training: a resumable distributed sampler, per-sample seeding, a toy set.
+"""Data plumbing for training: a resumable distributed sampler, per-sample seeding, label columns.
 
 The trainer accepts any map-style dataset whose items are ``(image_tensor, token_ids)``: image
 tensors are CLIP-normalised float, or ``uint8`` pixels (what the train transform's per-sample half
@@ -111,86 +111,9 @@ class SeededDataset(Dataset):
         return getattr(self.dataset, name)
 
 
-class TensorPairs(Dataset):
-    """In-memory ``(image, token_ids)`` pairs, optionally with a ``labels`` table."""
-
-    def __init__(self, images: torch.Tensor, tokens: torch.Tensor,
-                 labels: Mapping[str, Sequence[int]] | None = None):
-        if len(images) != len(tokens):
-            raise ValueError("images and tokens differ in length")
-        self.images, self.tokens = images, tokens
-        self.labels = {k: list(v) for k, v in (labels or {}).items()}
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.images[index], self.tokens[index]
-
-
-# -- a generated toy set: class-dependent fundus-like discs with matching captions -------------
-TOY_CAPTIONS = (
-    "眼底未见明显异常，建议定期复查。",
-    "轻度非增殖性糖尿病视网膜病变，建议控制血糖。",
-    "中度非增殖性糖尿病视网膜病变，建议眼科随诊。",
-    "疑似青光眼，视杯扩大，建议进一步检查眼压。",
-)
-TOY_LABELS = (  # (dr_grade, is_gc, is_amd) of each toy class
-    (0, 0, 0), (1, 0, 0), (2, 0, 0), (0, 1, 0),
-)
-
-
-def make_toy_pairs(n: int, image_size: int, seed: int = 0, context_length: int = 52) -> TensorPairs:
-    """``n`` normalised images of four visual classes with their captions and labels.
-
-    Each class has its own colour and spot pattern on a round field of view, plus noise, so a
-    model can learn the pairing within a few dozen steps on a CPU.
-    """
-    from ..tokenizer import Tokenizer
-
-    gen = torch.Generator().manual_seed(seed)
-    classes = torch.arange(n) % len(TOY_CAPTIONS)
-    yy, xx = torch.meshgrid(torch.linspace(-1, 1, image_size), torch.linspace(-1, 1, image_size), indexing="ij")
-    disc = ((xx**2 + yy**2) < 0.9).float()
-    palette = torch.tensor([[0.8, 0.35, 0.2], [0.7, 0.25, 0.15], [0.6, 0.3, 0.3], [0.85, 0.5, 0.2]])
-    images = torch.empty(n, 3, image_size, image_size)
-    for i in range(n):
-        c = int(classes[i])
-        base = palette[c].view(3, 1, 1) * disc
-        spots = torch.zeros(image_size, image_size)
-        for _ in range(2 * c + 1):
-            cy, cx = (torch.rand(2, generator=gen) * 1.2 - 0.6).tolist()
-            spots += ((xx - cx) ** 2 + (yy - cy) ** 2 < 0.01).float()
-        img = base + 0.5 * spots.clamp(max=1) * disc * (1 if c != 3 else -1)
-        img = img + 0.05 * torch.randn(3, image_size, image_size, generator=gen)
-        images[i] = (img.clamp(0, 1) - 0.45) / 0.27
-    tokens = Tokenizer(context_length)(list(TOY_CAPTIONS))[classes]
-    labels = {name: [TOY_LABELS[int(c)][j] for c in classes] for j, name in enumerate(("dr_grade", "is_gc", "is_amd"))}
-    return TensorPairs(images, tokens, labels)
-
-
-def parse_toy_spec(spec: str) -> int | None:
-    """``"toy:N"`` -> N; anything else -> None."""
-    if not spec.startswith("toy"):
-        return None
-    _, _, num = spec.partition(":")
-    try:
-        n = int(num) if num else 512
-    except ValueError:
-        return None
-    return n
-
-
-def toy_splits(spec: str, image_size: int, seed: int, context_length: int) -> tuple[TensorPairs, TensorPairs]:
-    """Train and valid toy sets for ``data="toy:N"`` (valid has N // 4 items, other noise)."""
-    n = parse_toy_spec(spec) or 512
-    return (make_toy_pairs(n, image_size, seed, context_length),
-            make_toy_pairs(max(8, n // 4), image_size, seed + 7919, context_length))
-
-
 class LabelColumns(Mapping[str, list[int]]):
     """Label columns (``name -> one int per item``, ``-1`` unknown) of a dataset whose
-    ``labels(index)`` returns a side-table row (as :class:`cn_clip_ext.data.lmdb_reader.LmdbPairDataset`
+    ``labels(index)`` returns a side-table row (as :class:`cn_clip_ext.lmdb.reader.LmdbPairDataset`
     does). Columns are read on first use and cached."""
 
     def __init__(self, row_of: Any, num_items: int):

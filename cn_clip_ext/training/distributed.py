@@ -14,6 +14,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from ..devices import pick_device
 from ..errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -46,21 +47,6 @@ def _env_int(name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise UserError(f"environment variable {name}={raw!r} is not an integer") from None
-
-
-def pick_device(requested: str, local_rank: int) -> torch.device:
-    """``auto``: ``cuda:LOCAL_RANK`` when CUDA is available, else the CPU."""
-    if requested == "cpu":
-        return torch.device("cpu")
-    if requested in ("auto", "cuda") or requested.startswith("cuda"):
-        if torch.cuda.is_available():
-            if requested.startswith("cuda:"):
-                return torch.device(requested)
-            return torch.device("cuda", local_rank % torch.cuda.device_count())
-        if requested != "auto":
-            raise UserError(f"device {requested!r} requested but CUDA is not available")
-        return torch.device("cpu")
-    raise UserError(f"unknown device {requested!r}: use auto, cpu or cuda")
 
 
 def init_distributed(device: str = "auto", timeout_s: int = 1800) -> DistEnv:

@@ -26,12 +26,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import UserError, first_line
-from ..factory import add_model_config, create_model_and_transforms, get_tokenizer
+from ..model.factory import add_model_config, create_model_and_transforms, get_tokenizer
 from . import checkpoint as ckpt
 from .config import TrainConfig
-from .data import LabelledDataset, ResumableSampler, SeededDataset, batch_seed, item_seed, steps_per_epoch, toy_splits
+from ..synth.toys import toy_splits
+from .data import LabelledDataset, ResumableSampler, SeededDataset, batch_seed, item_seed, steps_per_epoch
 from .distributed import DistEnv, all_gather_object, barrier, cleanup, init_distributed
-from .evaluation import load_zeroshot_setup
+from .validation import load_zeroshot_setup
 from .loss import clamp_logit_scale
 from .objectives import objective_for
 from .optim import build_optimizer, build_scheduler
@@ -77,7 +78,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
 
 
 def _toy_patient_splits(config: TrainConfig, image_size: int) -> tuple[Dataset, Dataset]:
-    from ..data.patients import toy_patient_splits
+    from ..synth.toys import toy_patient_splits
 
     return toy_patient_splits(config.data, image_size, config.seed, config.context_length)  # type: ignore[arg-type]
 
@@ -103,9 +104,9 @@ def build_datasets(config: TrainConfig, train_tf: Any, eval_tf: Any, image_size:
     if not (root / "train").is_dir():
         raise UserError(f"{root}: no train/ LMDB split here (expected {root}/train/imgs and {root}/train/pairs)")
     try:
-        from ..data.lmdb_reader import open_lmdb_dataset  # the other half of the data pipeline
+        from ..lmdb.reader import open_lmdb_dataset  # the other half of the data pipeline
     except ImportError:
-        raise UserError("cn_clip_ext.data.lmdb_reader is not available in this installation") from None
+        raise UserError("cn_clip_ext.lmdb.reader is not available in this installation") from None
     tokenizer = get_tokenizer(config.model, context_length=config.context_length)
 
     def open_split(split: str, transform: Any) -> Dataset:

@@ -85,7 +85,7 @@ def masked_clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, 
 class TripartiteLoss(torch.nn.Module):
     """RET-CLIP's loss: patient + left-eye + right-eye CLIP losses over the global batch.
 
-    Takes a :class:`cn_clip_ext.tripartite.TripartiteOutput`; each head's features are gathered
+    Takes a :class:`cn_clip_ext.model.tripartite.TripartiteOutput`; each head's features are gathered
     across ranks with gradients (:func:`gather_features`) and the eye masks without. The patient
     loss uses every row; each eye loss only the patients that have that eye. Returns
     ``(sum of the three, {"global": ..., "left": ..., "right": ...})``.

@@ -9,7 +9,7 @@ data kind      objective       micro-batch and loss
 ``pairs``      ``clip``        ``(images, tokens)``; CLIP's symmetric loss (:class:`ContrastiveLoss`)
 ``patients``   ``tripartite``  ``(left, right, has_left, has_right, tokens)``; RET-CLIP's patient +
                                left + right losses (:class:`TripartiteLoss`) on a
-                               :class:`~cn_clip_ext.tripartite.TripartiteCLIP`
+                               :class:`~cn_clip_ext.model.tripartite.TripartiteCLIP`
 =============  ==============  =====================================================================
 
 An objective returns ``(loss, parts)``: ``parts`` maps a part name to its (detached-or-not)
@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 
 from ..errors import UserError
 from .distributed import DistEnv
-from .evaluation import evaluate, evaluate_patients
+from .validation import evaluate, evaluate_patients
 from .loss import ContrastiveLoss, TripartiteLoss
 
 Batch = Sequence[torch.Tensor]
@@ -62,7 +62,7 @@ class Objective:
 
     def evaluate(self, model: nn.Module, dataset: Dataset, env: DistEnv, tokenizer: Callable,
                  **kwargs: Any) -> dict[str, float]:
-        """Validation metrics (see :mod:`cn_clip_ext.training.evaluation`)."""
+        """Validation metrics (see :mod:`cn_clip_ext.training.validation`)."""
         raise NotImplementedError
 
 
@@ -100,7 +100,7 @@ class TripartiteObjective(Objective):
         self.loss_fn = TripartiteLoss()
 
     def prepare_model(self, model: nn.Module, seed: int | None = None) -> nn.Module:
-        from ..tripartite import to_tripartite
+        from ..model.tripartite import to_tripartite
 
         return to_tripartite(model, seed)
 

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .bundle import ONNX_FILES, TOWERS
-from .errors import UserError, first_line
+from ..errors import UserError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def sample_inputs(model: nn.Module, tower: str, batch_size: int, seed: int = 0) 
 
 
 def export_encoder(model: nn.Module, tower: str, path: str | Path, opset: int = DEFAULT_OPSET) -> Path:
-    """Write one encoder of a :class:`~cn_clip_ext.pretrained.VisionCLIPModel` to ``path``."""
+    """Write one encoder of a :class:`~cn_clip_ext.model.pretrained.VisionCLIPModel` to ``path``."""
     try:
         import onnx  # noqa: F401  (the TorchScript exporter serialises through it)
     except ImportError:

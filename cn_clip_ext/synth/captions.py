@@ -11,7 +11,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .schema import EYE_NAMES_CN, FINDINGS, LOW_QUALITY_SCORE
+from ..layouts import EYE_NAMES_CN, FINDINGS, LOW_QUALITY_SCORE
 
 NORMAL_PHRASES: tuple[str, ...] = (
     "未见明显异常。",

@@ -37,10 +37,10 @@ from typing import Any, Iterator, Mapping
 from tqdm import tqdm
 
 from ..errors import UserError, where
-from .lmdb_journal import BUILD_DIR, Cursor, Journal, RowOutcome
-from .lmdb_records import Item, RecordKind, record_kind
-from .lmdb_store import IMGS, NUM_IMAGES, NUM_SAMPLES, PAIRS, open_writable, put_all
-from .lmdb_tables import MANIFEST, SIDE_TABLES, write_side_tables
+from .journal import BUILD_DIR, Cursor, Journal, RowOutcome
+from .records import Item, RecordKind, record_kind
+from .store import IMGS, NUM_IMAGES, NUM_SAMPLES, PAIRS, open_writable, put_all
+from .tables import MANIFEST, SIDE_TABLES, write_side_tables
 from .splits import SPLITS, SplitRatios, shard_of
 from .validate import (
     EMPTY_CAPTION, MALFORMED_ROW, PAIRS_KIND, UNDECODABLE, CsvInfo, ImageOptions, InputSpec, RowReject,

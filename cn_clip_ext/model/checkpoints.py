@@ -5,7 +5,7 @@ Everything is read with ``torch.load(weights_only=True)``: a file that needs arb
 unpickling is refused, never executed. The file's format is recognised by :data:`FORMATS`
 (first match wins): our checkpoints and cn_clip's must fit the architecture exactly; RET-CLIP
 state dicts (bare or under ``state_dict``, with or without ``module.``) are mapped to
-:class:`~cn_clip_ext.tripartite.TripartiteCLIP` by name, missing and unexpected keys are logged,
+:class:`~cn_clip_ext.model.tripartite.TripartiteCLIP` by name, missing and unexpected keys are logged,
 and nothing matching is an error.
 """
 from __future__ import annotations
@@ -17,15 +17,42 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from .errors import UserError
+from ..errors import UserError, describe
 from .factory import UnknownModelError, add_model_config, create_model, get_model_config
-from .training.checkpoint import load_checkpoint, strip_module
 from .tripartite import create_tripartite_model, is_tripartite_state, retclip_state_to_ours
 
 logger = logging.getLogger(__name__)
 
 RETCLIP_MODEL = "ViT-B-16@RoBERTa-wwm-ext-base-chinese"
 """The architecture of RET-CLIP's released weights (used when a RET-CLIP file is given no model name)."""
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
+                    allow_bare: bool = False) -> dict[str, Any]:
+    """Load with ``weights_only=True``; a missing or unreadable file is a one-line :class:`UserError`.
+
+    ``allow_bare`` also accepts a bare state dict (name -> tensor, as RET-CLIP releases its
+    weights) and returns it as ``{"state_dict": ...}``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated zip, bad pickle, foreign object ...
+        raise UserError(f"{path}: corrupted or unreadable checkpoint ({describe(exc)})") from None
+    if allow_bare and isinstance(ckpt, dict) and "state_dict" not in ckpt and ckpt \
+            and all(torch.is_tensor(v) for v in ckpt.values()):
+        return {"state_dict": ckpt}
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise UserError(f"{path}: not a training checkpoint (no 'state_dict' key)")
+    return ckpt
+
+
+def strip_module(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop the ``module.`` prefix DDP adds (cn_clip's checkpoints carry it)."""
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state_dict.items()}
+
 
 
 @dataclass(frozen=True)
@@ -119,7 +146,7 @@ def load_checkpoint_full(path: str | Path, model_name: str | None = None,
                          device: str | torch.device = "cpu") -> LoadedCheckpoint:
     """Build the model of a checkpoint (eval mode, fp32) and keep its config, step and epoch.
 
-    A state dict with RET-CLIP's heads builds a :class:`~cn_clip_ext.tripartite.TripartiteCLIP`.
+    A state dict with RET-CLIP's heads builds a :class:`~cn_clip_ext.model.tripartite.TripartiteCLIP`.
     """
     ckpt = load_checkpoint(path, allow_bare=True)
     config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}

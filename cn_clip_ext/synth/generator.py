@@ -4,7 +4,7 @@ Nothing is downloaded. Image ``i`` of a set depends only on ``(seed, set, i)`` (
 its own ``np.random.default_rng([seed, stream, i, part])``), so a set is byte-identical for the
 same seed whatever the number of images or worker processes.
 
-Layouts written (see :mod:`cn_clip_ext.data.schema` for the tables)::
+Layouts written (see :mod:`cn_clip_ext.layouts` for the tables)::
 
     root/Fundus/{id}.png + root/SynFundus-1M_annotation.csv          write_synfundus
     root/messidor2/IMAGES/* + root/messidor2/messidor_data.csv       write_messidor2
@@ -35,8 +35,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .captions import make_caption, make_patient_report
-from .render import DISC_ASPECT, EXTERNAL_CAMERAS, SYNFUNDUS_CAMERA, Geometry, Rendered, render_fundus
-from .schema import (EVAL_LAYOUTS, FINDINGS, FIVES, MESSIDOR2, PATIENT_COLUMNS, PATIENT_LABEL_COLUMNS,
+from .renderer import DISC_ASPECT, EXTERNAL_CAMERAS, SYNFUNDUS_CAMERA, Geometry, Rendered, render_fundus
+from ..layouts import (EVAL_LAYOUTS, FINDINGS, FIVES, MESSIDOR2, PATIENT_COLUMNS, PATIENT_LABEL_COLUMNS,
                      PATIENTS_CSV, PATIENTS_DIR, PATIENTS_IMAGE_DIR, READABILITY_COLUMNS, REFUGE,
                      SYNFUNDUS_COLUMNS, SYNFUNDUS_CSV, SYNFUNDUS_IMAGE_DIR)
 

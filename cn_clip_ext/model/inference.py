@@ -26,7 +26,7 @@ from torch import fx, nn
 from torch.utils.data import DataLoader, Dataset
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .errors import UserError, describe
+from ..errors import UserError, describe
 from .transforms import accepts_arrays
 
 logger = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class SplitTransform:
     pixels between processes (a quarter of the bytes) and normalises whole batches; any other runs
     whole per image. The fundus transforms take RGB arrays (``wants_array``), and with a square
     output ``size`` a JPEG may be decoded at ``min_size``, twice that size (see
-    :func:`cn_clip_ext.transforms.open_rgb`).
+    :func:`cn_clip_ext.model.transforms.open_rgb`).
     """
 
     per_image: Callable

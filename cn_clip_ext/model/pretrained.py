@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .bundle import TOWERS, BundleConfig, is_bundle, read_bundle, tower_of
-from .errors import UserError
+from ..errors import UserError
 from .factory import ModelConfig
 from .tokenizer import Tokenizer
 from .transforms import PREPROCESS_MODES, eval_transform
@@ -160,7 +160,7 @@ def load_pretrained(path: str | Path, device: str | torch.device = "cpu", model_
         mode, towers, mc = preprocess or cfg.preprocess, cfg.towers, cfg.model_config()
         logger.info("loaded bundle %s (%s, %s)", path, cfg.architecture, "+".join(towers))
     elif path.is_file():
-        from .loading import load_checkpoint_full
+        from .checkpoints import load_checkpoint_full
 
         loaded = load_checkpoint_full(path, model_name)
         clip, towers, mc = loaded.model, TOWERS, loaded.model.vclip_config

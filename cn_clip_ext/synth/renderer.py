@@ -17,7 +17,7 @@ from typing import Mapping
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
-from .schema import LOW_QUALITY_SCORE
+from ..layouts import LOW_QUALITY_SCORE
 
 Array = np.ndarray
 

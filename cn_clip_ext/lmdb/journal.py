@@ -21,7 +21,7 @@ from typing import Any, Iterator, Mapping
 
 import lmdb
 
-from .lmdb_store import open_writable, put_all
+from .store import open_writable, put_all
 from .splits import SPLITS
 
 BUILD_DIR = ".build"

@@ -18,7 +18,7 @@ from typing import Any, Mapping
 
 import torch
 
-from .errors import UserError
+from ..errors import UserError
 from .tokenizer import Tokenizer
 from .transforms import CLIP_MEAN, CLIP_STD, AugmentConfig, eval_transform, train_transform
 

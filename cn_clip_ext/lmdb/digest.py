@@ -12,9 +12,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from .lmdb_pickle import safe_loads_pair, safe_loads_patient
-from .lmdb_store import IMGS, NUM_IMAGES, NUM_SAMPLES, PAIRS, readonly
-from .lmdb_tables import LABELS_TABLE, MANIFEST, SIDE_TABLES, read_kind
+from .unpickle import safe_loads_pair, safe_loads_patient
+from .store import IMGS, NUM_IMAGES, NUM_SAMPLES, PAIRS, readonly
+from .tables import LABELS_TABLE, MANIFEST, SIDE_TABLES, read_kind
 from .splits import SPLITS
 from .validate import PATIENTS_KIND
 

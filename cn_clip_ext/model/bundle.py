@@ -32,9 +32,9 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 
-from .errors import UserError, first_line
+from ..errors import UserError, first_line
 from .factory import ModelConfig
-from .files import read_structured
+from ..files import read_structured
 from .tokenizer import vocab_path, vocab_sha256
 from .transforms import CLIP_MEAN, CLIP_STD, PREPROCESS_MODES
 from .tripartite import LOGIT_SCALES, SINGLE_EYE_HEADS, TripartiteCLIP
@@ -307,8 +307,8 @@ def _read_report(path: Path) -> dict[str, Any]:
 
 
 def _check_prompts(paths: Iterable[Path]) -> list[Path]:
-    from .evaluation.prompts import load_prompt_set
-
+    """Prompt files to copy: present, one per name (their content is checked by the exporter, which
+    reads them as prompt sets; the model side does not import evaluation)."""
     paths = [Path(p) for p in paths]
     names = [p.name for p in paths]
     dupes = sorted({n for n in names if names.count(n) > 1})
@@ -317,7 +317,6 @@ def _check_prompts(paths: Iterable[Path]) -> list[Path]:
     for p in paths:
         if not p.is_file():
             raise UserError(f"{p}: prompt file not found")
-        load_prompt_set(p)  # raises a one-line UserError naming the file
     return paths
 
 
@@ -359,7 +358,7 @@ def write_bundle(model: torch.nn.Module, out_dir: str | Path, *, source: SourceI
     ``model.vclip_config``) to ``out_dir``.
 
     ``onnx``, when given, is called as ``onnx(folder, towers)`` once the weights are in the
-    temporary folder and returns a summary for ``config.json`` (see :mod:`cn_clip_ext.onnx_export`).
+    temporary folder and returns a summary for ``config.json`` (see :mod:`cn_clip_ext.model.onnx`).
     """
     from safetensors.torch import save_file
 

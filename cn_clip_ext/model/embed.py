@@ -24,8 +24,8 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from .errors import UserError, where
-from .files import read_text_lines
+from ..errors import UserError, where
+from ..files import read_text_lines
 from .inference import Decoded, SplitTransform, decoded, encode_batches
 from .transforms import open_rgb, read_rgb
 

@@ -23,13 +23,13 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..tokenizer import Tokenizer
-from ..transforms import accepts_arrays, eval_transform, open_rgb, read_rgb
-from .lmdb_pickle import (  # noqa: F401  (re-exported)
+from ..model.tokenizer import Tokenizer
+from ..model.transforms import accepts_arrays, eval_transform, open_rgb, read_rgb
+from .unpickle import (  # noqa: F401  (re-exported)
     PairRecord, PatientRecord, RestrictedUnpickler, UnsafeRecordError, safe_loads_pair, safe_loads_patient,
 )
-from .lmdb_store import IMGS, NUM_IMAGES, NUM_SAMPLES, PAIRS, acquire_readonly, readonly, release_readonly
-from .lmdb_tables import LABELS_TABLE, read_kind
+from .store import IMGS, NUM_IMAGES, NUM_SAMPLES, PAIRS, acquire_readonly, readonly, release_readonly
+from .tables import LABELS_TABLE, read_kind
 from .validate import PAIRS_KIND, PATIENTS_KIND, normalize_caption
 
 
@@ -117,7 +117,7 @@ class _LmdbSplit(Dataset):
 
     def _transformed(self, image_id: int | str) -> Any:
         """``transform`` of an image; JPEGs decode at a reduced scale no less than twice the
-        transform's ``size`` when it has one (see :func:`~cn_clip_ext.transforms.open_rgb`)."""
+        transform's ``size`` when it has one (see :func:`~cn_clip_ext.model.transforms.open_rgb`)."""
         size = getattr(self.transform, "size", None)
         min_size = 2 * size if isinstance(size, int) else None
         decode = read_rgb if accepts_arrays(self.transform) else open_rgb  # arrays: no PIL copy of the pixels

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Mapping, Sequence
 
-from .lmdb_journal import EyeOutcome, RowOutcome
-from .lmdb_store import IMGS, PAIRS
+from .journal import EyeOutcome, RowOutcome
+from .store import IMGS, PAIRS
 from .splits import SplitRatios, split_of
 from .validate import (
     DUPLICATE_FILE_NAME, DUPLICATE_PATIENT_ID, EMPTY_FILE_NAME, EMPTY_PATIENT_ID, NO_EYE_IMAGE, NO_USABLE_EYE,

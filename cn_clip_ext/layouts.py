@@ -1,7 +1,7 @@
 """Immutable descriptions of the data the project reads: SynFundus-1M and three evaluation sets.
 
 Everything here is plain data (tuples, read-only mappings, frozen dataclasses) shared by the
-synthetic generator (:mod:`cn_clip_ext.data.synth`), the LMDB builder and the evaluation
+synthetic generator (:mod:`cn_clip_ext.synth.generator`), the LMDB builder and the evaluation
 adapters, so that all of them agree on file names, columns and label meanings.
 
 SynFundus-1M conventions used by this project (the public release could not be checked, so

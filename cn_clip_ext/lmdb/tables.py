@@ -15,14 +15,14 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
-from .lmdb_journal import Journal, RowOutcome
-from .lmdb_records import EYES, record_kind
-from .lmdb_store import IMGS, PAIRS
+from .journal import Journal, RowOutcome
+from .records import EYES, record_kind
+from .store import IMGS, PAIRS
 from .splits import SPLITS
 from .validate import PAIRS_KIND, CsvInfo, iter_rows
 
 if TYPE_CHECKING:
-    from .lmdb_writer import BuildConfig
+    from .writer import BuildConfig
 
 MANIFEST = "manifest.json"
 SUMMARY = "summary.json"

@@ -23,8 +23,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from ..evaluation.datasets import load_dataset_table
 from ..evaluation.prompts import PromptSet, load_prompt_set
 from ..evaluation.synfundus import synfundus_label_classes
-from ..metrics import balanced_accuracy, recall_at_k
-from ..zeroshot import class_embeddings, predict
+from ..evaluation.scores import balanced_accuracy, recall_at_k
+from ..evaluation.classifier import class_embeddings, predict
 from .distributed import DistEnv, all_gather_tensor
 from .loss import clip_loss
 
@@ -191,7 +191,7 @@ def _evaluate_patients(net: torch.nn.Module, dataset: Dataset, n: int, env: Dist
                        batch_size: int, loss_batch_size: int, num_workers: int, label_names: Sequence[str],
                        autocast: Callable[[], contextlib.AbstractContextManager], prompts: PromptSet | None,
                        label_classes: LabelClasses | None) -> dict[str, float]:
-    from ..tripartite import HEADS
+    from ..model.tripartite import HEADS
 
     loader = _loader(dataset, n, env, batch_size, num_workers)
     parts: dict[str, list[torch.Tensor]] = {}

@@ -18,8 +18,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import UserError, where
-from ..png import PNG_SIGNATURE, fast_png, png_bit_depth
-from .schema import PATIENT_COLUMNS
+from ..model.png import PNG_SIGNATURE, fast_png, png_bit_depth
+from ..layouts import PATIENT_COLUMNS
 
 # Row-level reject reasons (the ``reason`` column of rejects.csv).
 MALFORMED_ROW = "malformed_row"
@@ -210,7 +210,7 @@ def normalize_caption(text: str) -> str:
 @lru_cache(maxsize=65536)
 def caption_tokens(text: str) -> int:
     """Word-piece tokens in a caption (without ``[CLS]``/``[SEP]``), by cn_clip's vocabulary."""
-    from ..tokenizer import wordpiece
+    from ..model.tokenizer import wordpiece
 
     return len(wordpiece().tokenize(normalize_caption(text)))
 

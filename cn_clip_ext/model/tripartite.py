@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import UserError
+from ..errors import UserError
 from .factory import ModelConfig, create_model
 
 logger = logging.getLogger(__name__)

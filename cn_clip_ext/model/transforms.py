@@ -158,7 +158,7 @@ def open_rgb(fp: str | Path | IO[bytes], min_size: int | None = None) -> Image.I
     """Decode an image file as an RGB PIL image. With ``min_size``, JPEGs use libjpeg's DCT scaling
     (1/2, 1/4, 1/8) while both sides stay at least ``min_size``: several times faster, and no
     coarser than the box reduction :func:`place_array` applies before resampling when ``min_size``
-    is twice its output. Intact 8-bit RGB PNGs are decoded by libspng (:mod:`cn_clip_ext.png`)."""
+    is twice its output. Intact 8-bit RGB PNGs are decoded by libspng (:mod:`cn_clip_ext.model.png`)."""
     img, data = _open(fp)
     with img:
         fast = png_pixels(img, data)
