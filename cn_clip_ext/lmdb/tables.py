@@ -13,16 +13,13 @@ import os
 from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Protocol
 
 from .journal import Journal, RowOutcome
 from .records import EYES, record_kind
 from .store import IMGS, PAIRS
-from .splits import SPLITS
+from .splits import SPLITS, SplitRatios
 from .validate import PAIRS_KIND, CsvInfo, iter_rows
-
-if TYPE_CHECKING:
-    from .writer import BuildConfig
 
 MANIFEST = "manifest.json"
 SUMMARY = "summary.json"
@@ -33,6 +30,22 @@ SIDE_TABLES = (SPLITS_TABLE, REJECTS_TABLE, SUMMARY)
 """Files at the top of an output folder (``labels.csv`` lives in each split folder)."""
 MAX_LABEL_VALUES = 1000
 """A label column with more distinct values than this is summarised by its count of values only."""
+
+
+class BuildSettings(Protocol):
+    """What the summary records of a build's settings (the writer's ``BuildConfig`` has them)."""
+
+    @property
+    def ratios(self) -> SplitRatios: ...
+
+    @property
+    def seed(self) -> int: ...
+
+    @property
+    def shards(self) -> int: ...
+
+    @property
+    def context_length(self) -> int: ...
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -145,7 +158,7 @@ def _eyes_present(outcome: RowOutcome) -> str:
 
 
 def write_side_tables(out: Path, info: CsvInfo, journal: Journal, fingerprint: Mapping[str, Any],
-                      cfg: "BuildConfig") -> int:
+                      cfg: BuildSettings) -> int:
     """Write every side table and, last, the manifest; returns the number of rejected rows.
 
     For patients ``summary.json`` also counts the patients per split, which eyes they have
