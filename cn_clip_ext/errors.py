@@ -24,3 +24,16 @@ def describe(exc: BaseException) -> str:
     """``"Type: first line of the message"``, or ``"Type"`` for an exception without a message."""
     name = type(exc).__name__
     return f"{name}: {first_line(exc)}" if str(exc).strip() else name
+
+
+def excerpt(value: object, limit: int = 60) -> str:
+    """A short ``repr`` of ``value`` for an error message: nested containers and long strings are cut
+    (:mod:`reprlib`, which never walks more than a few items per level), then at most ``limit``
+    characters. A message never formats a whole parsed structure, which may be huge or alias-shared."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxlist, r.maxtuple, r.maxdict, r.maxset = 2, 4, 4, 4, 4
+    r.maxstring, r.maxother, r.maxlong = limit, limit, 40
+    text = r.repr(value)
+    return text if len(text) <= limit else text[:limit - 1] + "…"

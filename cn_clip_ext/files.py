@@ -7,45 +7,121 @@ import os
 import stat
 from pathlib import Path
 
-from .errors import UserError
+from .errors import UserError, first_line
 
 
-def read_structured(path: str | Path, what: str | None = None) -> object:
+MAX_STRUCTURED_BYTES = 16 * 1024 * 1024
+"""The largest prompt set, dataset table, config or report read (they are kilobytes; a bound keeps a stray
+multi-GB file out of memory)."""
+MAX_YAML_NODES = 100_000
+"""The most YAML nodes a document may hold once its aliases are expanded (the built-in prompt sets hold a
+few hundred). A "billion laughs" document, nine aliases of nine aliases, expands to 10^9 from a few lines:
+it is refused before anything is built from it, so no later walk of the data (a loop, an error message)
+can explode."""
+
+
+def _expanded_nodes(root: object, limit: int) -> int | None:
+    """How many nodes the YAML node graph ``root`` holds with every alias expanded, counted without
+    expanding (each distinct node is sized once); ``None`` above ``limit`` or for a cycle (an alias inside
+    its own anchor)."""
+    import yaml
+
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[object, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if children_done:
+            on_path.discard(key)
+            kids = _children(node, yaml)
+            sizes[key] = min(limit + 1, 1 + sum(sizes[id(c)] for c in kids))
+            continue
+        if key in sizes:
+            continue
+        if key in on_path:
+            return None
+        on_path.add(key)
+        stack.append((node, True))
+        stack.extend((c, False) for c in _children(node, yaml) if id(c) not in sizes)
+    total = sizes[id(root)]
+    return None if total > limit else total
+
+
+def _children(node: object, yaml) -> list:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
+def _load_yaml(text: str, path: Path, max_nodes: int) -> object:
+    """``yaml.safe_load`` that refuses a document whose aliases expand beyond ``max_nodes`` nodes."""
+    import yaml
+
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_nodes(node, max_nodes) is None:
+            raise UserError(f"{path}: YAML aliases expand to more than {max_nodes} nodes or refer to "
+                            "themselves (an alias bomb?); refused without expanding them")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def read_structured(path: str | Path, what: str | None = None, *, max_bytes: int = MAX_STRUCTURED_BYTES,
+                    max_nodes: int = MAX_YAML_NODES) -> object:
     """Parse a ``.yaml``/``.yml`` or ``.json`` file; a one-line :class:`UserError` otherwise.
 
-    ``what`` (e.g. ``"bundle config"``) names the file's role in those errors.
+    ``what`` (e.g. ``"bundle config"``) names the file's role in those errors. The file must be a
+    regular file of at most ``max_bytes`` (a FIFO or device is refused at once, never opened), and a
+    YAML file's aliases may expand to at most ``max_nodes`` nodes. Error messages quote at most the
+    parser's first line, never the content.
     """
     path = Path(path)
     kind = path.suffix.lstrip(".").upper() or "JSON"
+    if check_input_file(path, what or "file", max_bytes, allow_empty=True) == 0:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            return None  # an empty YAML document, as yaml.safe_load reads it
+        raise UserError(f"{path}: empty file (expected {kind})")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise UserError(f"{path}: {what or 'file'} not found") from None
     except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or exc
+        reason = getattr(exc, "strerror", None) or first_line(exc, 120)
         raise UserError(f"{path}: not a readable {kind} {what or 'file'} ({reason})") from None
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            return yaml.safe_load(text)
+            return _load_yaml(text, path, max_nodes)
         return json.loads(text)
+    except UserError:
+        raise
+    except RecursionError:
+        raise UserError(f"{path}: {kind} {what or 'file'} nested too deeply to read") from None
     except Exception as exc:  # yaml and json raise different types
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        first = first_line(exc, 160)
         if what:
             raise UserError(f"{path}: not a readable {kind} {what} ({first})") from None
         raise UserError(f"{path}: not valid {kind} ({first})") from None
 
 
 def read_text_lines(path: str | Path, what: str) -> list[str]:
-    """Lines of a UTF-8 text file (a BOM is allowed); ``what`` names the file in one-line errors."""
+    """Lines of a UTF-8 text file (a BOM is allowed); ``what`` names the file in one-line errors.
+
+    A FIFO, device or folder is refused at once, and so is a file above :data:`DEFAULT_MAX_INPUT_BYTES`."""
     path = Path(path)
+    check_input_file(path, what, DEFAULT_MAX_INPUT_BYTES, allow_empty=True)
     try:
         return path.read_text(encoding="utf-8-sig").splitlines()
     except FileNotFoundError:
         raise UserError(f"{path}: {what} not found") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not a readable UTF-8 {what} ({exc})") from None
+        raise UserError(f"{path}: not a readable UTF-8 {what} ({getattr(exc, 'strerror', None) or first_line(exc, 120)})") from None
 
 
 DEFAULT_MAX_INPUT_BYTES = 256 * 1024 * 1024
@@ -53,7 +129,8 @@ DEFAULT_MAX_INPUT_BYTES = 256 * 1024 * 1024
 for uncompressed TIFFs and stops a stray multi-GB file from being read into memory)."""
 
 
-def check_input_file(path: str | Path, what: str = "file", max_bytes: int | None = DEFAULT_MAX_INPUT_BYTES) -> int:
+def check_input_file(path: str | Path, what: str = "file", max_bytes: int | None = DEFAULT_MAX_INPUT_BYTES,
+                     *, allow_empty: bool = False) -> int:
     """The size of ``path`` after checking, without opening it, that it is a regular file of at most
     ``max_bytes`` (``None``: no bound) and not empty.
 
@@ -72,7 +149,7 @@ def check_input_file(path: str | Path, what: str = "file", max_bytes: int | None
                 else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
                 else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
         raise UserError(f"{path}: {what} is {kind}, not a regular file")
-    if st.st_size == 0:
+    if st.st_size == 0 and not allow_empty:
         raise UserError(f"{path}: empty file")
     if max_bytes is not None and st.st_size > max_bytes:
         raise UserError(f"{path}: {what} is {st.st_size} bytes, above the limit of {max_bytes}")

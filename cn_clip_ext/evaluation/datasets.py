@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from PIL import Image
 
 from ..layouts import FIVES, MESSIDOR2, REFUGE
-from ..errors import UserError, where
+from ..errors import UserError, excerpt, where
 from ..files import read_structured
 from ..model.transforms import RGBImage, open_rgb, read_rgb
 from .sheets import SHEET_SUFFIXES, find_column, read_csv_rows, read_sheet
@@ -239,7 +239,7 @@ def read_messidor(root: Path, spec: DatasetSpec) -> RawItems:
         grade_col = find_column(columns, "Retinopathy grade")
         for col, name in ((image_col, "Image name"), (grade_col, "Retinopathy grade")):
             if col is None:
-                raise UserError(f"{table}: missing column {name!r} (has {columns})")
+                raise UserError(f"{table}: missing column {name!r} (has {excerpt(list(columns), 120)})")
         for row_no, row in enumerate(rows, start=2):
             name = row.get(image_col, "")  # type: ignore[arg-type]
             if not name:
@@ -268,7 +268,7 @@ def read_csv_table(root: Path, spec: DatasetSpec) -> RawItems:
     columns, rows = read_csv_rows(table)
     for col in (image_col, label_col):
         if col not in columns:
-            raise UserError(f"{table}: missing column {col!r} (has {columns})")
+            raise UserError(f"{table}: missing column {col!r} (has {excerpt(list(columns), 120)})")
     image_root = root / opts.get("image_root", ".")
     items = []
     for row_no, row in enumerate(rows, start=2):
@@ -304,7 +304,7 @@ def load_dataset_table(path: str | Path) -> Mapping[str, DatasetSpec]:
     specs = {}
     for name, entry in data.items():
         if not isinstance(entry, dict) or "reader" not in entry or not isinstance(entry.get("classes"), dict):
-            raise UserError(f"{path}: dataset {name!r} needs 'reader' and a 'classes' mapping")
+            raise UserError(f"{path}: dataset {excerpt(name)} needs 'reader' and a 'classes' mapping")
         options = {k: v for k, v in entry.items() if k not in ("reader", "classes", "graded")}
         specs[str(name)] = DatasetSpec(
             name=str(name), reader=str(entry["reader"]),

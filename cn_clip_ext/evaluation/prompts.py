@@ -6,7 +6,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Mapping, Sequence
 
-from ..errors import UserError
+from ..errors import UserError, excerpt
 from ..files import read_structured
 
 
@@ -40,11 +40,11 @@ def load_prompt_set(path: str | Path) -> PromptSet:
     templates = tuple(data.get("templates") or ("{}",))
     bad = [t for t in templates if not isinstance(t, str) or t.count("{}") != 1]
     if bad:
-        raise UserError(f"{path}: every template needs exactly one '{{}}' (bad: {bad[0]!r})")
+        raise UserError(f"{path}: every template needs exactly one '{{}}' (bad: {excerpt(bad[0])})")
     classes = {}
     for key, names in data["classes"].items():
         names = [names] if isinstance(names, str) else names
         if not names or not all(isinstance(n, str) and n.strip() for n in names):
-            raise UserError(f"{path}: class {key!r} needs one or more non-empty names")
+            raise UserError(f"{path}: class {excerpt(key)} needs one or more non-empty names")
         classes[str(key)] = tuple(names)
     return PromptSet(str(data.get("name") or Path(path).stem), templates, MappingProxyType(classes))

@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 
-from ..errors import UserError, first_line
+from ..errors import UserError, excerpt, first_line
 from .factory import ModelConfig
 from ..files import read_structured
 from .tokenizer import vocab_path, vocab_sha256
@@ -131,7 +131,7 @@ class BundleConfig:
             raise UserError(f"{path}: not a VisionCLIP bundle config (format is not {BUNDLE_FORMAT!r})")
         version = data.get("format_version")
         if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
-            raise UserError(f"{path}: bundle format version {version!r} is not supported "
+            raise UserError(f"{path}: bundle format version {excerpt(version)} is not supported "
                             f"(this cn_clip_ext reads 1..{FORMAT_VERSION}); upgrade cn_clip_ext")
         known = set(cls.__dataclass_fields__)
         try:
@@ -144,11 +144,11 @@ class BundleConfig:
             raise UserError(f"{path}: incomplete bundle config ({exc})") from None
         bad_towers = set(cfg.towers) - set(TOWERS)
         if not cfg.towers or bad_towers:
-            raise UserError(f"{path}: towers must be a non-empty subset of {list(TOWERS)}, got {list(cfg.towers)}")
+            raise UserError(f"{path}: towers must be a non-empty subset of {list(TOWERS)}, got {excerpt(list(cfg.towers))}")
         if cfg.preprocess not in PREPROCESS_MODES:
-            raise UserError(f"{path}: unknown preprocess mode {cfg.preprocess!r}")
+            raise UserError(f"{path}: unknown preprocess mode {excerpt(cfg.preprocess)}")
         if cfg.heads not in HEAD_KINDS or cfg.single_eye_head not in SINGLE_EYE_HEADS:
-            raise UserError(f"{path}: unknown heads {cfg.heads!r} / single-eye head {cfg.single_eye_head!r} "
+            raise UserError(f"{path}: unknown heads {excerpt(cfg.heads)} / single-eye head {excerpt(cfg.single_eye_head)} "
                             f"(expected one of {list(HEAD_KINDS)} / {sorted(SINGLE_EYE_HEADS)})")
         return cfg
 

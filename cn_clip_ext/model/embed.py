@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from ..errors import UserError, where
+from ..errors import UserError, excerpt, where
 from ..files import read_text_lines
 from .inference import Decoded, SplitTransform, decoded, encode_batches
 from .transforms import open_rgb, read_rgb
@@ -91,7 +91,7 @@ def images_from_csv(csv_path: str | Path, column: str | None = None) -> list[Ima
         if column is None:
             raise UserError(f"{csv_path}: no image column (one of {list(PATH_COLUMNS)}; or pass --column)")
     elif column not in header:
-        raise UserError(f"{csv_path}: missing column {column!r} (it has {header})")
+        raise UserError(f"{csv_path}: missing column {column!r} (it has {excerpt(header, 120)})")
     items = []
     for i, row in enumerate(rows, start=2):  # row 1 is the header
         value = (row.get(column) or "").strip()

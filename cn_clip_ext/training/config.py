@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..errors import UserError
+from ..errors import UserError, excerpt
 from ..files import read_structured
 from ..model.factory import VISIONCLIP, VISIONCLIP_TINY
 
@@ -190,7 +190,7 @@ def coerce(name: str, tp: Any, value: Any) -> Any:
                 value = [v.strip() for v in value.split(",") if v.strip()]
             return tuple(str(v) for v in value)
     except (TypeError, ValueError):
-        raise UserError(f"config key {name!r}: {value!r} is not a valid {getattr(inner, '__name__', inner)}") from None
+        raise UserError(f"config key {name!r}: {excerpt(value)} is not a valid {getattr(inner, '__name__', inner)}") from None
     return value
 
 

@@ -1,0 +1,109 @@
+"""Careless and hostile input to the output-side commands (vclip-eval, vclip-audit, vclip-export,
+vclip-embed): structured-file bombs, special files where images should be, damaged or lying bundles,
+outputs that would overwrite what a command did not write, and OS errors, each one line and no traceback."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from vclip_eval.evaluate import main as eval_main
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = "RN-tiny@BERT-tiny-chinese"
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    errors = [line for line in err.splitlines() if ": error: " in line]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    return errors[0]
+
+
+# -- YAML/JSON inputs ------------------------------------------------------------------------------------
+def _bomb(levels: int = 9) -> str:
+    """A "billion laughs" YAML prompt set: templates expand to 9**levels strings through aliases."""
+    lines = ["name: bomb", 'l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for i in range(1, levels - 1):
+        lines.append(f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]")
+    lines.append("templates: [" + ", ".join([f"*l{levels - 2}"] * 9) + "]")
+    lines.append("classes: {normal: [x]}")
+    return "\n".join(lines) + "\n"
+
+
+RUN_UNDER_MEMORY_LIMIT = textwrap.dedent("""
+    import resource, sys
+    from vclip_eval.evaluate import main
+    vm = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmSize:"))
+    limit = vm + (512 << 20)  # what the program has mapped once imported, plus 512 MiB
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    raise SystemExit(main(sys.argv[1:]))
+""")
+
+
+def test_yaml_alias_bomb_is_refused_in_one_line_under_a_memory_limit(tmp_path):
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(_bomb(), encoding="utf-8")
+    (tmp_path / "fives").mkdir()
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", RUN_UNDER_MEMORY_LIMIT, "--untrained", TINY, "--prompts", str(bomb),
+                           "--data", f"fives={tmp_path / 'fives'}", "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    err = proc.stderr.strip()
+    assert proc.returncode == 2, err[-2000:]
+    assert err.count("\n") == 0 and "Traceback" not in err and "MemoryError" not in err
+    assert f"{bomb}: YAML aliases expand to more than" in err and "alias bomb" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_self_referring_alias_and_deep_nesting_are_one_line(tmp_path, capsys):
+    table = tmp_path / "table.yaml"
+    table.write_text("fives: &x {reader: fives, classes: {A: amd}, loop: [*x]}\n", encoding="utf-8")
+    assert eval_main(["--untrained", TINY, "--datasets-table", str(table), "--data", f"fives={tmp_path}",
+                      "--out", str(tmp_path / "o")]) == 2
+    assert "refer to themselves" in one_line_error(capsys)
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 200_000 + "]" * 200_000, encoding="utf-8")
+    assert eval_main(["--untrained", TINY, "--prompts", str(deep), "--data", f"fives={tmp_path}",
+                      "--out", str(tmp_path / "o")]) == 2
+    assert str(deep) in one_line_error(capsys)
+
+
+def test_error_messages_show_only_an_excerpt_of_the_data(tmp_path, capsys):
+    big = ["x" * 1000] * 2000  # a 2 MB template list without '{}'
+    prompts = tmp_path / "p.json"
+    prompts.write_text(json.dumps({"templates": [big], "classes": {"normal": ["x"]}}), encoding="utf-8")
+    assert eval_main(["--untrained", TINY, "--prompts", str(prompts), "--data", f"fives={tmp_path}",
+                      "--out", str(tmp_path / "o")]) == 2
+    line = one_line_error(capsys)
+    assert "exactly one '{}'" in line and len(line) < len(str(prompts)) + 200
+    table = tmp_path / "t.json"
+    table.write_text(json.dumps({"x" * 5000: {"reader": "fives"}}), encoding="utf-8")
+    assert eval_main(["--untrained", TINY, "--datasets-table", str(table), "--data", f"fives={tmp_path}",
+                      "--out", str(tmp_path / "o")]) == 2
+    line = one_line_error(capsys)
+    assert "needs 'reader'" in line and len(line) < len(str(table)) + 200
+
+
+def test_structured_input_that_is_a_fifo_or_too_big_is_refused_at_once(tmp_path, capsys):
+    fifo = tmp_path / "prompts.yaml"
+    os.mkfifo(fifo)  # opening it would block forever
+    assert eval_main(["--untrained", TINY, "--prompts", str(fifo), "--data", f"fives={tmp_path}",
+                      "--out", str(tmp_path / "o")]) == 2
+    assert f"{fifo}: file is a FIFO, not a regular file" in one_line_error(capsys)
+    from cn_clip_ext.errors import UserError
+    from cn_clip_ext.files import read_structured
+
+    big = tmp_path / "big.json"
+    big.write_text("[" + "0, " * 1000 + "0]", encoding="utf-8")
+    with pytest.raises(UserError, match="above the limit of 100"):
+        read_structured(big, max_bytes=100)
+    ok = tmp_path / "ok.yaml"
+    ok.write_text("a: &a [1, 2]\nb: [*a, *a]\nm: &m {x: 1}\nn: {<<: *m, y: 2}\n", encoding="utf-8")
+    assert read_structured(ok) == {"a": [1, 2], "b": [[1, 2], [1, 2]], "m": {"x": 1}, "n": {"x": 1, "y": 2}}
+    empty = tmp_path / "empty.yaml"
+    empty.write_bytes(b"")
+    assert read_structured(empty) is None
