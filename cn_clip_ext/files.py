@@ -73,6 +73,14 @@ def _load_yaml(text: str, path: Path, max_nodes: int) -> object:
         loader.dispose()
 
 
+def _is_empty_file(path: Path) -> bool:
+    """Whether ``path`` is an empty regular file (``is_file`` only stats: a FIFO is never opened)."""
+    try:
+        return path.is_file() and path.stat().st_size == 0
+    except OSError:
+        return False
+
+
 def read_structured(path: str | Path, what: str | None = None, *, max_bytes: int = MAX_STRUCTURED_BYTES,
                     max_nodes: int = MAX_YAML_NODES) -> object:
     """Parse a ``.yaml``/``.yml`` or ``.json`` file; a one-line :class:`UserError` otherwise.
@@ -84,10 +92,11 @@ def read_structured(path: str | Path, what: str | None = None, *, max_bytes: int
     """
     path = Path(path)
     kind = path.suffix.lstrip(".").upper() or "JSON"
-    if check_input_file(path, what or "file", max_bytes, allow_empty=True) == 0:
+    if _is_empty_file(path):
         if path.suffix.lower() in (".yaml", ".yml"):
             return None  # an empty YAML document, as yaml.safe_load reads it
         raise UserError(f"{path}: empty file (expected {kind})")
+    check_input_file(path, what or "file", max_bytes)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -115,7 +124,9 @@ def read_text_lines(path: str | Path, what: str) -> list[str]:
 
     A FIFO, device or folder is refused at once, and so is a file above :data:`DEFAULT_MAX_INPUT_BYTES`."""
     path = Path(path)
-    check_input_file(path, what, DEFAULT_MAX_INPUT_BYTES, allow_empty=True)
+    if _is_empty_file(path):
+        return []
+    check_input_file(path, what, DEFAULT_MAX_INPUT_BYTES)
     try:
         return path.read_text(encoding="utf-8-sig").splitlines()
     except FileNotFoundError:
@@ -129,8 +140,7 @@ DEFAULT_MAX_INPUT_BYTES = 256 * 1024 * 1024
 for uncompressed TIFFs and stops a stray multi-GB file from being read into memory)."""
 
 
-def check_input_file(path: str | Path, what: str = "file", max_bytes: int | None = DEFAULT_MAX_INPUT_BYTES,
-                     *, allow_empty: bool = False) -> int:
+def check_input_file(path: str | Path, what: str = "file", max_bytes: int | None = DEFAULT_MAX_INPUT_BYTES) -> int:
     """The size of ``path`` after checking, without opening it, that it is a regular file of at most
     ``max_bytes`` (``None``: no bound) and not empty.
 
@@ -149,7 +159,7 @@ def check_input_file(path: str | Path, what: str = "file", max_bytes: int | None
                 else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
                 else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
         raise UserError(f"{path}: {what} is {kind}, not a regular file")
-    if st.st_size == 0 and not allow_empty:
+    if st.st_size == 0:
         raise UserError(f"{path}: empty file")
     if max_bytes is not None and st.st_size > max_bytes:
         raise UserError(f"{path}: {what} is {st.st_size} bytes, above the limit of {max_bytes}")
