@@ -107,3 +107,132 @@ def test_structured_input_that_is_a_fifo_or_too_big_is_refused_at_once(tmp_path,
     empty = tmp_path / "empty.yaml"
     empty.write_bytes(b"")
     assert read_structured(empty) is None
+
+
+# -- bundles whose config, weights or file list lie -----------------------------------------------------
+import shutil  # noqa: E402
+
+import torch  # noqa: E402
+
+import cn_clip_ext as vc  # noqa: E402
+from cn_clip_ext.model.bundle import file_sha256  # noqa: E402
+from cn_clip_ext.training.checkpoint import atomic_save  # noqa: E402
+from vclip_export.embed import main as embed_main  # noqa: E402
+from vclip_export.export import main as export_main  # noqa: E402
+
+
+def make_checkpoint(path: Path, seed: int = 0, step: int = 3) -> Path:
+    model = vc.create_model(vc.VISIONCLIP_TINY, seed=seed)
+    atomic_save({"epoch": 1, "step": step, "state_dict": model.state_dict(),
+                 "config": {"model": vc.VISIONCLIP_TINY, "preprocess": "squash", "context_length": 52}}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "latest.pt")
+
+
+@pytest.fixture(scope="module")
+def bundle(ckpt, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bundle") / "b"
+    assert export_main([str(ckpt), str(out), "--no-prompts"]) == 0
+    return out
+
+
+@pytest.fixture()
+def captions(tmp_path) -> Path:
+    path = tmp_path / "captions.txt"
+    path.write_text("疑似青光眼。\n未见明显异常。\n", encoding="utf-8")
+    return path
+
+
+def _copy(bundle: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "copy"
+    shutil.copytree(bundle, dst)
+    return dst
+
+
+def _edit_config(folder: Path, **changes) -> None:
+    cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    for key, value in changes.items():
+        section, _, field = key.partition("__")
+        if field:
+            cfg[section][field] = value
+        else:
+            cfg[key] = value
+    (folder / "config.json").write_text(json.dumps(cfg), encoding="utf-8")
+
+
+def _embed_error(folder: Path, captions: Path, tmp_path: Path, capsys) -> str:
+    rc = embed_main(["--model", str(folder), "--captions", str(captions), "--out", str(tmp_path / "emb"), "--quiet"])
+    assert rc == 2
+    assert not (tmp_path / "emb" / "embeddings.npy").exists()
+    return one_line_error(capsys)
+
+
+def test_a_sound_bundle_loads(bundle, captions, tmp_path):
+    assert embed_main(["--model", str(bundle), "--captions", str(captions), "--out", str(tmp_path / "e"),
+                       "--quiet"]) == 0
+    assert (tmp_path / "e" / "embeddings.npy").is_file()
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"architecture": "ViT-B-16@BERT-tiny-chinese"}, "the weights were exported for 'RN-tiny@BERT-tiny-chinese'"),
+    ({"vision__vision_width": 32}, "has shape"),
+    ({"text__text_hidden_size": 64}, "config and weights disagree"),
+    ({"image_size": -5}, "image_size must be a positive integer, got -5"),
+    ({"image_size": 224}, "image_size 224 disagrees with the vision tower's image_resolution 128"),
+    ({"context_length": 500}, "context_length 500 exceeds the text tower's 64 positions"),
+    ({"embed_dim": "wide"}, "embed_dim must be a positive integer"),
+    ({"towers": ["lens"] * 100_000}, "towers must be a non-empty subset"),
+])
+def test_config_that_disagrees_with_the_weights_is_refused(bundle, captions, tmp_path, capsys, changes, message):
+    folder = _copy(bundle, tmp_path)
+    _edit_config(folder, **changes)
+    line = _embed_error(folder, captions, tmp_path, capsys)
+    assert message in line and len(line) < 400
+
+
+def _rewrite_weights(folder: Path, edit) -> None:
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(folder / "model.safetensors"))
+    edit(state)
+    save_file(state, str(folder / "model.safetensors"), metadata={"architecture": vc.VISIONCLIP_TINY})
+    cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    cfg["files"]["model.safetensors"] = file_sha256(folder / "model.safetensors")  # a consistent forgery
+    (folder / "config.json").write_text(json.dumps(cfg), encoding="utf-8")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_weights_with_nan_or_inf_are_refused(bundle, captions, tmp_path, capsys, value):
+    folder = _copy(bundle, tmp_path)
+    _rewrite_weights(folder, lambda s: s["visual.conv1.weight"].view(-1).__setitem__(3, value))
+    line = _embed_error(folder, captions, tmp_path, capsys)
+    assert "tensor 'visual.conv1.weight' holds NaN or infinite values" in line
+
+
+def test_weights_of_another_shape_are_refused(bundle, captions, tmp_path, capsys):
+    folder = _copy(bundle, tmp_path)
+    _rewrite_weights(folder, lambda s: s.__setitem__("text_projection", torch.zeros(64, 128)))
+    assert "tensor 'text_projection' has shape [64, 128]" in _embed_error(folder, captions, tmp_path, capsys)
+
+
+def test_files_entries_that_escape_the_bundle_are_refused(bundle, captions, tmp_path, capsys):
+    outside = tmp_path / "outside.txt"
+    outside.write_text("secret", encoding="utf-8")
+    for entry, message in (("../outside.txt", "escapes the bundle folder through '..'"),
+                           (str(outside), "is an absolute path")):
+        folder = _copy(bundle, tmp_path)
+        cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        cfg["files"][entry] = file_sha256(outside)
+        (folder / "config.json").write_text(json.dumps(cfg), encoding="utf-8")
+        assert message in _embed_error(folder, captions, tmp_path, capsys)
+        shutil.rmtree(folder)
+    folder = _copy(bundle, tmp_path)  # a listed file that is a symbolic link (to an identical copy outside)
+    shutil.copyfile(folder / "vocab.txt", tmp_path / "vocab.txt")
+    (folder / "vocab.txt").unlink()
+    (folder / "vocab.txt").symlink_to(tmp_path / "vocab.txt")
+    line = _embed_error(folder, captions, tmp_path, capsys)
+    assert f"{folder / 'vocab.txt'}: a symbolic link inside the bundle" in line

@@ -34,7 +34,7 @@ import torch
 
 from ..errors import UserError, excerpt, first_line
 from .factory import ModelConfig
-from ..files import read_structured
+from ..files import check_input_file, read_structured
 from .tokenizer import vocab_path, vocab_sha256
 from .transforms import CLIP_MEAN, CLIP_STD, PREPROCESS_MODES
 from .tripartite import LOGIT_SCALES, SINGLE_EYE_HEADS, TripartiteCLIP
@@ -150,7 +150,73 @@ class BundleConfig:
         if cfg.heads not in HEAD_KINDS or cfg.single_eye_head not in SINGLE_EYE_HEADS:
             raise UserError(f"{path}: unknown heads {excerpt(cfg.heads)} / single-eye head {excerpt(cfg.single_eye_head)} "
                             f"(expected one of {list(HEAD_KINDS)} / {sorted(SINGLE_EYE_HEADS)})")
+        check_config(path, cfg)
         return cfg
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def check_config(path: Path, cfg: BundleConfig) -> None:
+    """The values of ``config.json`` are possible and agree with each other: positive sizes, the
+    image size and width that the vision tower has, a context length within the text tower's
+    positions, and ``files`` entries that stay inside the bundle folder; else one line."""
+    if not isinstance(cfg.architecture, str) or "@" not in cfg.architecture:
+        raise UserError(f"{path}: architecture {excerpt(cfg.architecture)} is not a '<vision>@<text>' name")
+    if not isinstance(cfg.vision, Mapping) or not isinstance(cfg.text, Mapping):
+        raise UserError(f"{path}: 'vision' and 'text' must be the towers' config mappings")
+    for name in ("embed_dim", "image_size", "context_length"):
+        value = getattr(cfg, name)
+        if not _positive_int(value):
+            raise UserError(f"{path}: {name} must be a positive integer, got {excerpt(value)}")
+    for key, own in (("image_resolution", "image_size"), ("embed_dim", "embed_dim")):
+        tower = cfg.vision.get(key)
+        if tower is not None and tower != getattr(cfg, own):
+            raise UserError(f"{path}: {own} {getattr(cfg, own)} disagrees with the vision tower's {key} "
+                            f"{excerpt(tower)}")
+    positions = cfg.text.get("text_max_position_embeddings")
+    if positions is not None and (not _positive_int(positions) or cfg.context_length > positions):
+        raise UserError(f"{path}: context_length {cfg.context_length} exceeds the text tower's "
+                        f"{excerpt(positions)} positions (text_max_position_embeddings)")
+    if not isinstance(cfg.files, Mapping) or not all(isinstance(k, str) and isinstance(v, str)
+                                                     for k, v in cfg.files.items()):
+        raise UserError(f"{path}: 'files' must map relative paths to SHA-256 strings")
+    for rel in cfg.files:
+        reason = _unsafe_entry(rel)
+        if reason:
+            raise UserError(f"{path}: files entry {excerpt(rel)} {reason}; refused")
+
+
+def _unsafe_entry(rel: str) -> str | None:
+    """Why a ``files`` entry could point outside its bundle folder (``None`` when it cannot)."""
+    from pathlib import PurePosixPath, PureWindowsPath
+
+    if not rel or "\\" in rel or "\0" in rel:
+        return "is not a plain relative path"
+    if PurePosixPath(rel).is_absolute() or PureWindowsPath(rel).drive:
+        return "is an absolute path"
+    if ".." in PurePosixPath(rel).parts:
+        return "escapes the bundle folder through '..'"
+    return None
+
+
+def bundle_file(folder: Path, rel: str) -> Path:
+    """``folder / rel`` after checking that it is a regular file inside ``folder``: no ``..``, no
+    absolute path, no symbolic link on the way (a link could point anywhere), no FIFO or device."""
+    reason = _unsafe_entry(rel)
+    if reason:
+        raise UserError(f"{folder / CONFIG_FILE}: files entry {excerpt(rel)} {reason}; refused")
+    path = folder
+    for part in Path(rel).parts:
+        path = path / part
+        if path.is_symlink():
+            raise UserError(f"{path}: a symbolic link inside the bundle (it could point outside {folder}); "
+                            "refused: copy the real file into the bundle")
+    if not path.exists():
+        raise UserError(f"{path}: missing from the bundle (config.json lists it)")
+    check_input_file(path, "bundle file", None)
+    return path
 
 
 def tower_of(key: str) -> str | None:
@@ -427,9 +493,7 @@ def verify_files(folder: Path, cfg: BundleConfig) -> None:
     if missing_from_list:
         raise UserError(f"{folder / CONFIG_FILE}: does not list {missing_from_list[0]} (incomplete bundle config)")
     for rel, digest in cfg.files.items():
-        path = folder / rel
-        if not path.is_file():
-            raise UserError(f"{path}: missing from the bundle (config.json lists it)")
+        path = bundle_file(folder, rel)
         actual = file_sha256(path)
         if actual != digest:
             raise UserError(f"{path}: contents do not match config.json (sha256 {actual[:12]}…, expected "
@@ -438,7 +502,7 @@ def verify_files(folder: Path, cfg: BundleConfig) -> None:
 
 def read_bundle(path: str | Path, verify: bool = True) -> tuple[BundleConfig, dict[str, torch.Tensor]]:
     """``(config, state dict)`` of a bundle folder, after checking its files against their hashes."""
-    from safetensors import SafetensorError
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     folder = Path(path)
@@ -449,13 +513,18 @@ def read_bundle(path: str | Path, verify: bool = True) -> tuple[BundleConfig, di
         verify_files(folder, cfg)
     elif not (folder / WEIGHTS_FILE).is_file():
         raise UserError(f"{folder / WEIGHTS_FILE}: missing from the bundle")
+    else:
+        bundle_file(folder, WEIGHTS_FILE)
     if cfg.vocab_sha256 != vocab_sha256():
         raise UserError(f"{folder / VOCAB_FILE}: the bundle's vocabulary differs from cn_clip's installed "
                         "vocab.txt, which the tokenizer uses")
     try:
         state = load_file(str(folder / WEIGHTS_FILE))
+        with safe_open(str(folder / WEIGHTS_FILE), "pt") as fh:
+            metadata = fh.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
         raise UserError(f"{folder / WEIGHTS_FILE}: unreadable safetensors file ({first_line(exc)})") from None
+    check_weights(folder, cfg, state, metadata)
     present = {tower_of(k) for k in state} - {None}
     absent = [t for t in cfg.towers if t not in present]
     if absent:
@@ -463,7 +532,33 @@ def read_bundle(path: str | Path, verify: bool = True) -> tuple[BundleConfig, di
     return cfg, state
 
 
+def check_weights(folder: Path, cfg: BundleConfig, state: Mapping[str, torch.Tensor],
+                  metadata: Mapping[str, str] | None = None) -> None:
+    """The weights file agrees with ``config.json`` (the architecture it was exported for) and holds
+    only finite numbers; else one line naming the file and the first bad tensor."""
+    weights = folder / WEIGHTS_FILE
+    exported_for = (metadata or {}).get("architecture")
+    if exported_for and exported_for != cfg.architecture:
+        raise UserError(f"{weights}: the weights were exported for {excerpt(exported_for)}, but config.json "
+                        f"says {excerpt(cfg.architecture)}; the bundle was modified")
+    for key, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise UserError(f"{weights}: tensor {key!r} holds NaN or infinite values; the weights are damaged")
+
+
+def check_shapes(folder: Path, cfg: BundleConfig, expected: Mapping[str, torch.Tensor],
+                 state: Mapping[str, torch.Tensor]) -> None:
+    """Every tensor of ``state`` has the shape that the model built from ``config.json``
+    (``expected``, its state dict, meta tensors are fine) needs; else one line naming the first."""
+    for key, tensor in state.items():
+        want = expected.get(key)
+        if want is not None and tuple(want.shape) != tuple(tensor.shape):
+            raise UserError(f"{folder / WEIGHTS_FILE}: tensor {key!r} has shape {list(tensor.shape)}, but the "
+                            f"{excerpt(cfg.architecture)} of config.json needs {list(want.shape)}; config and "
+                            "weights disagree")
+
+
 __all__ = ["BUNDLE_FORMAT", "BundleConfig", "CARD_FILE", "CONFIG_FILE", "FORMAT_VERSION", "ONNX_FILES",
            "PROMPTS_DIR", "REPORT_FILE", "SourceInfo", "TOWERS", "VOCAB_FILE", "WEIGHTS_FILE", "file_sha256",
-           "is_bundle", "model_card", "read_bundle", "tower_of", "tower_state_dict", "verify_files",
+           "bundle_file", "check_config", "check_shapes", "check_weights", "is_bundle", "model_card", "read_bundle", "tower_of", "tower_state_dict", "verify_files",
            "write_bundle"]

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .bundle import TOWERS, BundleConfig, is_bundle, read_bundle, tower_of
-from ..errors import UserError
+from .bundle import TOWERS, BundleConfig, check_shapes, is_bundle, read_bundle, tower_of
+from ..errors import UserError, first_line
 from .factory import ModelConfig
 from .tokenizer import Tokenizer
 from .transforms import PREPROCESS_MODES, eval_transform
@@ -120,12 +120,13 @@ def _from_bundle(path: Path, verify: bool) -> tuple[nn.Module, BundleConfig]:
     mc = cfg.model_config()
     try:
         clip = _build_clip(mc)
-    except (TypeError, ValueError, KeyError) as exc:
-        raise UserError(f"{path / 'config.json'}: tower configs do not build a CLIP model ({exc})") from None
+    except (TypeError, ValueError, KeyError, RuntimeError) as exc:
+        raise UserError(f"{path / 'config.json'}: tower configs do not build a CLIP model ({first_line(exc)})") from None
     if cfg.heads == "tripartite":
         clip = to_tripartite(clip)
         clip.set_single_eye_head(cfg.single_eye_head)
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    check_shapes(path, cfg, clip.state_dict(), state)
     result = clip.load_state_dict(state, strict=False, assign=True)  # a left-out tower stays on meta, then is dropped
     missing = [k for k in result.missing_keys if "bert.pooler" not in k and tower_of(k) in cfg.towers]
     if missing or result.unexpected_keys:
