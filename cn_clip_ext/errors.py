@@ -22,6 +22,8 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
 
 def describe(exc: BaseException) -> str:
     """``"Type: first line of the message"``, or ``"Type"`` for an exception without a message."""
+    if isinstance(exc, UserError):  # already written for the user, naming the file
+        return first_line(exc)
     name = type(exc).__name__
     return f"{name}: {first_line(exc)}" if str(exc).strip() else name
 

@@ -2,10 +2,12 @@
 training configs) and the input files a command opens (images, tables), checked before reading."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
 from pathlib import Path
+from typing import Iterator
 
 from .errors import UserError, first_line
 
@@ -138,6 +140,49 @@ def read_text_lines(path: str | Path, what: str) -> list[str]:
 DEFAULT_MAX_INPUT_BYTES = 256 * 1024 * 1024
 """The largest single input file read by default (a fundus photograph is a few MiB; 256 MiB leaves room
 for uncompressed TIFFs and stops a stray multi-GB file from being read into memory)."""
+
+
+MAX_IMAGE_BYTES_VARIABLE = "VCLIP_MAX_IMAGE_BYTES"
+"""The environment variable that bounds the size of one image file (bytes); the programs set it from
+``--max-image-mb``, and decoding worker processes inherit it."""
+
+
+def max_image_bytes() -> int:
+    """The largest image file read: ``$VCLIP_MAX_IMAGE_BYTES``, else :data:`DEFAULT_MAX_INPUT_BYTES`."""
+    value = os.environ.get(MAX_IMAGE_BYTES_VARIABLE, "")
+    return int(value) if value.isdigit() and int(value) > 0 else DEFAULT_MAX_INPUT_BYTES
+
+
+@contextlib.contextmanager
+def image_size_limit(max_bytes: int | None) -> Iterator[None]:
+    """Bound image files to ``max_bytes`` (``None``: leave the bound as it is) inside the block, in
+    this process and in the worker processes it starts."""
+    if max_bytes is None:
+        yield
+        return
+    before = os.environ.get(MAX_IMAGE_BYTES_VARIABLE)
+    os.environ[MAX_IMAGE_BYTES_VARIABLE] = str(int(max_bytes))
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(MAX_IMAGE_BYTES_VARIABLE, None)
+        else:
+            os.environ[MAX_IMAGE_BYTES_VARIABLE] = before
+
+
+def image_mb_arg(text: str) -> int:
+    """argparse ``type`` for ``--max-image-mb``: a positive number of MiB, returned in bytes."""
+    import argparse
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of MiB, got {text[:40]!r}")
+    return max(1, int(value * 1024 * 1024))
 
 
 def check_input_file(path: str | Path, what: str = "file", max_bytes: int | None = DEFAULT_MAX_INPUT_BYTES) -> int:

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fnmatch
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from .errors import UserError
 
@@ -93,4 +96,83 @@ def prove_owned(folder: str | Path, kind: str, flag: str = "--overwrite") -> Non
                     "removes only its own output: choose another folder or remove it yourself")
 
 
-__all__ = ["LOCK_FILE", "OWNER_FILE", "output_lock", "owner_kind", "prove_owned", "write_owner_marker"]
+def owner_record(folder: str | Path) -> dict | None:
+    """The whole record :func:`write_owner_marker` left in ``folder`` (``None``: none, or unreadable)."""
+    path = Path(folder) / OWNER_FILE
+    try:
+        if path.is_symlink() or not path.is_file() or path.stat().st_size > (1 << 22):
+            return None
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("kind"), str) else None
+
+
+def recorded_files(folder: str | Path, kind: str) -> frozenset[str]:
+    """The file names that an earlier run of ``kind`` recorded writing into ``folder`` (its manifest)."""
+    record = owner_record(folder)
+    if record is None or record.get("kind") != kind or not isinstance(record.get("files"), list):
+        return frozenset()
+    return frozenset(n for n in record["files"] if isinstance(n, str) and n and "/" not in n and n not in ("..", "."))
+
+
+def unrecorded_outputs(folder: str | Path, kind: str, patterns: Sequence[str]) -> list[Path]:
+    """Files in ``folder`` named like a ``kind`` run's outputs (``patterns``, shell-style) that no
+    manifest of an earlier run lists: a run must not overwrite or mix with them."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    mine = recorded_files(folder, kind)
+    return sorted(p for p in folder.iterdir() if p.name not in mine
+                  and any(fnmatch.fnmatchcase(p.name, pat) for pat in patterns))
+
+
+def check_replaceable(folder: str | Path, kind: str, patterns: Sequence[str], flag: str = "--out") -> None:
+    """One line unless a ``kind`` run may write ``folder``: it is absent, a folder, and holds no
+    ``kind``-named output that an earlier run's manifest does not list."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{folder}: exists and is not a folder; choose another {flag}")
+    other = owner_kind(folder)
+    if other is not None and other != kind:
+        raise UserError(f"{folder}: holds a {other} written by another command; choose another {flag}")
+    foreign = unrecorded_outputs(folder, kind, patterns)
+    if foreign:
+        raise UserError(f"{foreign[0]}: output of another run that no manifest ({OWNER_FILE}) in {folder} lists; "
+                        f"this command replaces only its own earlier files: choose another {flag} or move it")
+
+
+@contextlib.contextmanager
+def replace_run_outputs(folder: str | Path, kind: str, patterns: Sequence[str], what: str = "output folder",
+                        flag: str = "--out") -> Iterator[Path]:
+    """Write one run's files into ``folder``, replacing exactly the previous ``kind`` run's files.
+
+    Yields a staging folder inside ``folder``; when the block ends normally its files are moved into
+    ``folder`` (each by an atomic rename), the previous run's files that this run did not write again
+    are removed (only those its manifest lists), and the manifest then lists this run's files. At every
+    moment the manifest lists every output file present, so an interrupted run never leaves an
+    unrecorded one. The folder's lock is held throughout; a block that raises leaves the folder as it was.
+    """
+    folder = Path(folder)
+    check_replaceable(folder, kind, patterns, flag)
+    with output_lock(folder, what):
+        check_replaceable(folder, kind, patterns, flag)
+        previous = recorded_files(folder, kind)
+        stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder))
+        try:
+            yield stage
+            names = sorted(p.name for p in stage.iterdir() if p.is_file())
+            write_owner_marker(folder, kind, files=sorted(previous | set(names)))
+            for name in names:
+                os.replace(stage / name, folder / name)
+            for name in sorted(previous - set(names)):
+                old = folder / name
+                if old.is_file() and not old.is_symlink():
+                    old.unlink()
+            write_owner_marker(folder, kind, files=names)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+__all__ = ["LOCK_FILE", "OWNER_FILE", "check_replaceable", "output_lock", "owner_kind", "owner_record", "prove_owned",
+           "recorded_files", "replace_run_outputs", "unrecorded_outputs", "write_owner_marker"]

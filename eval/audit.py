@@ -8,6 +8,8 @@ from typing import Sequence
 
 from cn_clip_ext.cli import device_arg, run_program, setup_logging
 from cn_clip_ext.errors import UserError
+from cn_clip_ext.files import image_mb_arg, image_size_limit
+from cn_clip_ext.outputs import check_replaceable
 from cn_clip_ext.evaluation.resources import DATASETS_TABLE
 
 PROG = "vclip-audit"
@@ -24,7 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "and near copies) and nearest neighbours in an embedding space (cosine; altered copies). "
                     "Writes OUT/audit.json, audit.md, pairs.csv, exclude.txt (for vclip-eval --exclude), "
                     "contact_sheet.png and nn_distributions.png. Corpus hashes and embeddings are computed in "
-                    "one streaming pass and cached beside the corpus.",
+                    "one streaming pass and cached in OUT/audit_cache (or --cache-dir), never inside the corpus. "
+                    "When the corpus-vs-corpus baseline shows that a threshold cannot separate copies, the reports "
+                    "say so first and exclude.txt is marked unreliable.",
         epilog="examples:\n"
                "  vclip-audit --corpus lmdb/ --data-root eval_data/ --out reports/audit\n"
                "  vclip-audit --corpus SynFundus-1M/Fundus --data fives=/data/FIVES "
@@ -57,14 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="corpus images queried for the corpus-vs-corpus baseline (default 1000)")
     p.add_argument("--baseline-quantile", type=float, default=0.999)
     p.add_argument("--k", type=int, default=5, help="neighbours kept per image and level")
-    p.add_argument("--cache-dir", type=Path, help="cache root (default: beside the corpus)")
+    p.add_argument("--cache-dir", type=Path, help="cache root, shared between runs (default: OUT/audit_cache; "
+                                                  "never inside the corpus)")
     p.add_argument("--no-cache", action="store_true", help="compute everything, write no cache")
     p.add_argument("--max-sheet-pairs", type=int, default=60, help="pairs shown on the contact sheet")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=2, help="decoding and hashing processes (0: in this process)")
     p.add_argument("--device", type=device_arg, default="auto",
                    help="for --model: cpu, cuda, cuda:N or auto (default: the GPU when there is one)")
-    p.add_argument("--out", type=Path, required=True, help="output folder for the reports")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output folder for the reports; a later audit into it replaces the files its manifest "
+                        "lists, and refuses to overwrite report files that no manifest lists")
+    p.add_argument("--max-image-mb", type=image_mb_arg, metavar="MB",
+                   help="refuse image files larger than this before reading them (default 256)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
@@ -88,6 +97,18 @@ def _eval_roots(args: argparse.Namespace, table) -> dict[str, Path]:
     return chosen
 
 
+def _cache_root(args: argparse.Namespace, corpus) -> Path:
+    """``--cache-dir`` or ``OUT/audit_cache``; one line when that would be inside the user's corpus."""
+    root = args.cache_dir or args.out / "audit_cache"
+    if corpus.location is not None:
+        inside = root.resolve()
+        location = corpus.location.resolve()
+        if inside == location or location in inside.parents:
+            raise UserError(f"{root}: the audit cache would be inside the corpus {corpus.location}; "
+                            "give --cache-dir (or --out) outside it")
+    return root
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
@@ -95,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def body() -> int:
         from cn_clip_ext.audit import (AuditConfig, ModelEncoder, VesselEncoder, open_corpus, run_audit,
                                        write_audit_report)
+        from cn_clip_ext.audit.report import AUDIT_KIND, FILES
         from cn_clip_ext.evaluation import load_dataset_table, load_eval_set
 
         if args.min_cosine == "auto":
@@ -112,8 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  batch_size=args.batch_size, workers=args.workers, progress=not args.quiet)
         except ValueError as exc:
             raise UserError(str(exc)) from None
-        if args.out.exists() and not args.out.is_dir():
-            raise UserError(f"{args.out}: --out exists and is not a folder")
+        check_replaceable(args.out, AUDIT_KIND, FILES)
         table = load_dataset_table(args.datasets_table)
         sets = {name: load_eval_set(table[name], root) for name, root in _eval_roots(args, table).items()}
         splits = [s.strip() for s in args.splits.split(",") if s.strip()] if args.splits else None
@@ -124,10 +145,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             encoder = ModelEncoder(args.model, args.arch, args.device)
         else:
             encoder = VesselEncoder()
-        cache_root = None if args.no_cache else (args.cache_dir or corpus.default_cache_dir())
+        cache_root = None if args.no_cache else _cache_root(args, corpus)
         logger.info("corpus %s: %d images; evaluation sets: %s; cache: %s", corpus.name, len(corpus),
                     ", ".join(f"{n} ({len(s)})" for n, s in sets.items()), cache_root or "off")
-        result = run_audit(corpus, sets, encoder, cache_root, config)
+        with image_size_limit(args.max_image_mb):
+            result = run_audit(corpus, sets, encoder, cache_root, config)
         files = write_audit_report(result, args.out, args.max_sheet_pairs)
         print(files["audit.md"].read_text(encoding="utf-8"))
         return 0

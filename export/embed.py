@@ -8,6 +8,8 @@ from typing import Sequence
 
 from cn_clip_ext.cli import device_arg, run_program, setup_logging
 from cn_clip_ext.errors import UserError
+from cn_clip_ext.files import image_mb_arg, image_size_limit
+from cn_clip_ext.outputs import check_replaceable
 from cn_clip_ext.model.inference import decode_workers
 from cn_clip_ext.model.transforms import PREPROCESS_MODES
 
@@ -35,7 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a folder (searched recursively) or a CSV with an image-path column")
     src.add_argument("--captions", type=Path, metavar="TXT", help="a UTF-8 text file, one caption per line")
     p.add_argument("--column", help="the CSV's image-path column (default: path, image, image_path, file, ...)")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output folder; a later run into it replaces the files its manifest lists, and refuses "
+                        "to overwrite embedding files that no manifest lists")
+    p.add_argument("--max-image-mb", type=image_mb_arg, metavar="MB",
+                   help="refuse image files larger than this before reading them (default 256)")
     p.add_argument("--batch-size", type=int, default=64,
                    help="images (captions: texts) per forward pass (default 64; images at most 16 on the CPU, "
                         "where larger batches are no faster)")
@@ -59,6 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from cn_clip_ext.model.pretrained import load_pretrained
 
         workers = decode_workers(args.batch_size, args.workers, args.device)
+        check_replaceable(args.out, embed.EMBED_KIND, embed.OUTPUT_FILES)
         if args.captions is not None:
             captions = embed.captions_from_file(args.captions)
             model, _, _ = load_pretrained(args.model, device=args.device, model_name=args.arch)
@@ -72,8 +79,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise UserError(f"{args.images}: --images must be a folder or a .csv file")
             model, preprocess, _ = load_pretrained(args.model, device=args.device, model_name=args.arch,
                                                    preprocess=args.preprocess)
-            result = embed.embed_images(model, preprocess, items, args.out, args.batch_size, workers,
-                                        progress=not args.quiet)
+            with image_size_limit(args.max_image_mb):
+                result = embed.embed_images(model, preprocess, items, args.out, args.batch_size, workers,
+                                            progress=not args.quiet)
             if result.skipped:
                 logger.warning("%d of %d images skipped as unreadable: see %s", len(result.skipped), len(items),
                                args.out / embed.SKIPPED_FILE)

@@ -78,12 +78,13 @@ def test_every_planted_copy_is_found_and_nothing_else(data, audit):
 
 def test_cache_is_reused_and_keyed_by_content(data, audit, caplog):
     root, corpus, _, _ = data
-    caches = list((corpus / ".audit_cache").glob("v*"))
+    caches = list((root / "report" / "audit_cache").glob("v*"))
     assert len(caches) == 1 and (caches[0] / "hashes.npy").is_file()
     assert list(caches[0].glob("emb-vessel*.npy"))
     out2 = root / "report2"
     with caplog.at_level("INFO"):
-        assert audit_main(_audit_args(root, corpus, out2, "--no-embedding")) == 0
+        assert audit_main(_audit_args(root, corpus, out2, "--no-embedding", "--cache-dir",
+                                      str(root / "report" / "audit_cache"))) == 0
     assert "reusing cached corpus features" in caplog.text
     report = json.loads((out2 / "audit.json").read_text(encoding="utf-8"))
     assert report["encoder"] is None and len(report["pairs"]) == len(data[3])
@@ -188,4 +189,4 @@ def test_lmdb_and_csv_corpora(data, tmp_path):
     lmdb = open_corpus(tmp_path / "lmdb")
     assert len(lmdb) == N_CORPUS and lmdb.refs[0].split("/")[0] in ("train", "valid", "test")
     assert lmdb.open(len(lmdb) - 1).size == (SIZE, SIZE)
-    assert open_corpus(tmp_path / "lmdb", ["train"]).default_cache_dir() == tmp_path / "lmdb" / "audit_cache" / "train"
+    assert open_corpus(tmp_path / "lmdb", ["train"]).location == tmp_path / "lmdb"

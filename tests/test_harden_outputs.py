@@ -236,3 +236,196 @@ def test_files_entries_that_escape_the_bundle_are_refused(bundle, captions, tmp_
     (folder / "vocab.txt").symlink_to(tmp_path / "vocab.txt")
     line = _embed_error(folder, captions, tmp_path, capsys)
     assert f"{folder / 'vocab.txt'}: a symbolic link inside the bundle" in line
+
+
+# -- vclip-audit: honest thresholds, cache outside the corpus, special files, empty corpora ----------------
+from cn_clip_ext.synth.generator import synfundus_example, write_eval_sets  # noqa: E402
+from vclip_eval.audit import main as audit_main  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def audit_data(tmp_path_factory):
+    """A 12-image corpus folder (plus a FIFO, an empty file and a device link named like images) and a FIVES set."""
+    root = tmp_path_factory.mktemp("audit")
+    corpus = root / "corpus"
+    corpus.mkdir()
+    for i in range(12):
+        synfundus_example(i, seed=11, size=128)[1].image.save(corpus / f"c{i:02d}.png")
+    os.mkfifo(corpus / "fifo.png")
+    (corpus / "empty.png").write_bytes(b"")
+    (corpus / "device.png").symlink_to("/dev/zero")
+    write_eval_sets(root / "eval", 8, seed=12, size=128, progress=False)
+    return root, corpus
+
+
+def _audit(root, corpus, out, *extra):
+    return audit_main(["--corpus", str(corpus), "--data", f"fives={root / 'eval' / 'fives'}", "--out", str(out),
+                       "--quiet", "--workers", "0", "--baseline-samples", "12", *extra])
+
+
+def _tree(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+
+
+def test_audit_skips_special_files_with_reasons_and_keeps_its_cache_out_of_the_corpus(audit_data, tmp_path):
+    root, corpus = audit_data
+    before = _tree(corpus)
+    out = tmp_path / "audit"
+    assert _audit(root, corpus, out) == 0
+    assert _tree(corpus) == before  # nothing written inside the user's corpus
+    assert list((out / "audit_cache").glob("v*/hashes.npy"))
+    report = json.loads((out / "audit.json").read_text(encoding="utf-8"))
+    reasons = dict(report["skipped"]["corpus"])
+    assert "is a FIFO, not a regular file" in reasons["fifo.png"]
+    assert "empty file" in reasons["empty.png"] and "UnidentifiedImageError" not in reasons["empty.png"]
+    assert "is a device, not a regular file" in reasons["device.png"]
+    assert report["warnings"] == []  # the default thresholds separate this corpus's images
+    assert not (out / "exclude.txt").read_text(encoding="utf-8").startswith("# UNRELIABLE")
+
+
+def test_audit_says_when_its_thresholds_cannot_separate_copies(audit_data, tmp_path):
+    root, corpus = audit_data
+    out = tmp_path / "audit"
+    assert _audit(root, corpus, out, "--max-hash-distance", "512", "--min-cosine", "-1") == 0
+    report = json.loads((out / "audit.json").read_text(encoding="utf-8"))
+    assert len(report["warnings"]) == 2
+    assert "hash threshold" in report["warnings"][0] and "embedding threshold" in report["warnings"][1]
+    assert all("cannot separate copies" in w for w in report["warnings"])
+    md = (out / "audit.md").read_text(encoding="utf-8").splitlines()
+    assert md[0] == "# Leakage and memorisation audit" and md[2].startswith("> **Warning: unreliable thresholds.**")
+    exclude = (out / "exclude.txt").read_text(encoding="utf-8").splitlines()
+    assert exclude[0].startswith("# UNRELIABLE: 100% of") and exclude[1].startswith("# UNRELIABLE: ")
+
+
+def test_audit_refuses_a_cache_inside_the_corpus_and_an_empty_lmdb(audit_data, tmp_path, capsys):
+    root, corpus = audit_data
+    assert _audit(root, corpus, tmp_path / "a", "--cache-dir", str(corpus / "cache")) == 2
+    assert "the audit cache would be inside the corpus" in one_line_error(capsys)
+    assert not (corpus / "cache").exists()
+    import lmdb
+
+    split = tmp_path / "lmdb" / "train"
+    (split / "imgs").mkdir(parents=True)
+    env = lmdb.open(str(split / "imgs"), map_size=1 << 20)
+    with env.begin(write=True) as txn:
+        txn.put(b"num_images", b"0")
+    env.close()
+    assert _audit(root, tmp_path / "lmdb", tmp_path / "b") == 2
+    assert "the corpus holds 0 images" in one_line_error(capsys)
+    assert not (tmp_path / "b").exists()
+    unreadable = tmp_path / "unreadable"
+    unreadable.mkdir()
+    (unreadable / "a.png").write_bytes(b"not a png")
+    assert _audit(root, unreadable, tmp_path / "c", "--no-cache") == 2
+    assert "none of the corpus's 1 images is readable" in one_line_error(capsys)
+
+
+def test_audit_replaces_only_its_own_earlier_report(audit_data, tmp_path, capsys):
+    root, corpus = audit_data
+    out = tmp_path / "audit"
+    assert _audit(root, corpus, out, "--no-embedding") == 0
+    first = json.loads((out / ".vclip-owner.json").read_text(encoding="utf-8"))
+    assert first["kind"] == "audit-report" and "audit.json" in first["files"]
+    assert _audit(root, corpus, out, "--no-embedding") == 0  # its own earlier run: replaced
+    assert json.loads((out / "audit.json").read_text(encoding="utf-8"))["encoder"] is None
+    foreign = tmp_path / "someone"
+    foreign.mkdir()
+    (foreign / "audit.json").write_text('{"mine": true}', encoding="utf-8")
+    assert _audit(root, corpus, foreign, "--no-embedding") == 2
+    assert "output of another run that no manifest" in one_line_error(capsys)
+    assert (foreign / "audit.json").read_text(encoding="utf-8") == '{"mine": true}'
+    a_file = tmp_path / "file"
+    a_file.write_text("x", encoding="utf-8")
+    assert _audit(root, corpus, a_file, "--no-embedding") == 2
+    assert "exists and is not a folder" in one_line_error(capsys)
+
+
+# -- vclip-embed: special files, empty inputs, masks, its own outputs only -------------------------------
+@pytest.fixture(scope="module")
+def photo_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("photos")
+    for i in range(3):
+        synfundus_example(i, seed=4, size=120)[1].image.save(folder / f"p{i}.png")
+    os.mkfifo(folder / "fifo.png")
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "device.png").symlink_to("/dev/zero")
+    return folder
+
+
+def _embed(bundle: Path, source: Path, out: Path, *extra) -> int:
+    return embed_main(["--model", str(bundle), "--images", str(source), "--out", str(out), "--workers", "0",
+                       "--quiet", *extra])
+
+
+def _csv_rows(path: Path) -> list[dict]:
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_embed_reports_special_and_empty_files_without_opening_them(bundle, photo_dir, tmp_path):
+    out = tmp_path / "emb"
+    assert _embed(bundle, photo_dir, out) == 0
+    assert [r["path"] for r in _csv_rows(out / "index.csv")] == ["p0.png", "p1.png", "p2.png"]
+    reasons = {Path(r["path"]).name: r["reason"] for r in _csv_rows(out / "skipped.csv")}
+    assert "is a FIFO, not a regular file" in reasons["fifo.png"]
+    assert "is a device, not a regular file" in reasons["device.png"]
+    assert reasons["empty.png"].endswith("empty.png: empty file")
+
+
+def test_embed_size_limit_is_applied_before_reading(bundle, photo_dir, tmp_path, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for p in sorted(photo_dir.glob("p*.png")):
+        shutil.copyfile(p, photos / p.name)  # 16-18 KB each
+    assert _embed(bundle, photos, tmp_path / "e", "--max-image-mb", "0.001") == 2
+    line = one_line_error(capsys)
+    assert "none of the 3 images is readable" in line and "bytes, above the limit of 1048" in line
+    assert not (tmp_path / "e" / "embeddings.npy").exists()
+    assert _embed(bundle, photos, tmp_path / "f", "--max-image-mb", "0.1") == 0
+    assert len(_csv_rows(tmp_path / "f" / "index.csv")) == 3
+
+
+def test_embed_on_a_fives_root_leaves_out_the_vessel_masks(bundle, tmp_path):
+    write_eval_sets(tmp_path / "sets", 4, seed=3, size=96, progress=False)
+    fives = tmp_path / "sets" / "fives"
+    photos = sorted(p.relative_to(fives).as_posix() for p in fives.rglob("*.png") if "Ground truth" not in p.parts)
+    masks = [p for p in fives.rglob("*.png") if "Ground truth" in p.parts]
+    assert masks and photos  # the generated layout has both
+    out = tmp_path / "emb"
+    assert _embed(bundle, fives, out) == 0
+    assert [r["path"] for r in _csv_rows(out / "index.csv")] == photos
+
+
+def test_embed_empty_inputs_are_one_line(bundle, tmp_path, capsys):
+    header_only = tmp_path / "h.csv"
+    header_only.write_text("path,label\n", encoding="utf-8")
+    assert _embed(bundle, header_only, tmp_path / "a") == 2
+    assert "no rows under the header" in one_line_error(capsys)
+    quote = tmp_path / "q.csv"
+    quote.write_text('path,label\n"a.png,1\nb.png,2\n', encoding="utf-8")
+    assert _embed(bundle, quote, tmp_path / "b") == 2
+    assert f"{quote}: not a readable CSV file (unexpected end of data)" in one_line_error(capsys)
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "a.png").write_bytes(b"not a png")
+    (junk / "b.jpg").write_bytes(b"")
+    assert _embed(bundle, junk, tmp_path / "c") == 2
+    assert "none of the 2 images is readable" in one_line_error(capsys)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "c" / "embeddings.npy").exists()
+
+
+def test_embed_replaces_only_its_own_earlier_outputs(bundle, photo_dir, captions, tmp_path, capsys):
+    out = tmp_path / "emb"
+    assert _embed(bundle, photo_dir, out) == 0
+    assert (out / "skipped.csv").is_file()
+    assert embed_main(["--model", str(bundle), "--captions", str(captions), "--out", str(out), "--quiet"]) == 0
+    assert not (out / "skipped.csv").exists()  # the image run's file, listed in its manifest, is gone
+    assert [r["text"] for r in _csv_rows(out / "index.csv")] == ["疑似青光眼。", "未见明显异常。"]
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "embeddings.npy").write_bytes(b"a colleague's embeddings")
+    assert embed_main(["--model", str(bundle), "--captions", str(captions), "--out", str(theirs), "--quiet"]) == 2
+    assert "output of another run that no manifest" in one_line_error(capsys)
+    assert (theirs / "embeddings.npy").read_bytes() == b"a colleague's embeddings"

@@ -19,6 +19,7 @@ from PIL import Image
 from ..lmdb.store import IMGS, NUM_IMAGES, open_readonly
 from ..model.embed import ImageItem, images_from_csv, images_from_folder
 from ..errors import UserError
+from ..model.transforms import open_rgb
 from ..evaluation.datasets import EvalSet
 
 LMDB_SPLITS = ("train", "valid", "test")
@@ -44,8 +45,9 @@ class ImageSource:
     def content_key(self) -> str:
         raise NotImplementedError
 
-    def default_cache_dir(self) -> Path | None:
-        return None
+    location: Path | None = None
+    """The folder that holds the user's corpus (an LMDB build or split, an image folder); the audit
+    never writes a cache inside it."""
 
 
 class LmdbSplitSource(ImageSource):
@@ -54,6 +56,7 @@ class LmdbSplitSource(ImageSource):
     def __init__(self, split_dir: str | Path):
         self.split_dir = Path(split_dir)
         self.name = self.split_dir.name
+        self.location = self.split_dir
         db = self.split_dir / IMGS
         if not (db / "data.mdb").is_file():
             raise UserError(f"{db}: no LMDB database")
@@ -83,20 +86,17 @@ class LmdbSplitSource(ImageSource):
         return _digest({"kind": "lmdb", "path": str(self.split_dir.resolve()), "n": len(self._ids),
                         "size": stat.st_size, "mtime": stat.st_mtime_ns})
 
-    def default_cache_dir(self) -> Path:
-        return self.split_dir.parent / "audit_cache" / self.name
 
 
 class FileSource(ImageSource):
     """Image files (from a folder or a CSV); refs are the paths as listed (relative to ``root``)."""
 
-    def __init__(self, items: Sequence[ImageItem], root: Path, name: str, cache_dir: Path):
-        self.items, self.root, self.name, self._cache_dir = list(items), root, name, cache_dir
+    def __init__(self, items: Sequence[ImageItem], root: Path, name: str, location: Path | None = None):
+        self.items, self.root, self.name, self.location = list(items), root, name, location
         self.refs = [_relative(it.path, root) for it in self.items]
 
     def open(self, index: int) -> Image.Image:
-        with Image.open(self.items[index].path) as img:
-            return _rgb(img)
+        return open_rgb(self.items[index].path)  # a FIFO, device, empty or oversized file: refused unopened
 
     def content_key(self) -> str:
         h = hashlib.sha256()
@@ -108,8 +108,6 @@ class FileSource(ImageSource):
                 h.update(f"{it.path}\0missing\n".encode())
         return h.hexdigest()[:20]
 
-    def default_cache_dir(self) -> Path:
-        return self._cache_dir
 
 
 class EvalSetSource(ImageSource):
@@ -128,8 +126,8 @@ class EvalSetSource(ImageSource):
 class ConcatSource(ImageSource):
     """Several sources one after the other (the splits of an LMDB build)."""
 
-    def __init__(self, parts: Sequence[ImageSource], name: str):
-        self.parts, self.name = list(parts), name
+    def __init__(self, parts: Sequence[ImageSource], name: str, location: Path | None = None):
+        self.parts, self.name, self.location = list(parts), name, location
         self.refs = [r for p in self.parts for r in p.refs]
         self._starts = []
         start = 0
@@ -150,9 +148,6 @@ class ConcatSource(ImageSource):
     def content_key(self) -> str:
         return _digest({"kind": "concat", "parts": [p.content_key() for p in self.parts]})
 
-    def default_cache_dir(self) -> Path | None:
-        first = self.parts[0].default_cache_dir() if self.parts else None
-        return first.parent / "+".join(p.name for p in self.parts) if first is not None else None
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -171,10 +166,16 @@ def open_corpus(path: str | Path, splits: Sequence[str] | None = None, column: s
 
     For an LMDB build every split present is audited unless ``splits`` names some.
     """
-    path = Path(path)
+    source = _open_corpus(Path(path), splits, column)
+    if len(source) == 0:
+        raise UserError(f"{path}: the corpus holds 0 images (an empty LMDB?); nothing to audit")
+    return source
+
+
+def _open_corpus(path: Path, splits: Sequence[str] | None, column: str | None) -> ImageSource:
     if path.is_file() and path.suffix.lower() == ".csv":
         items = images_from_csv(path, column)
-        return FileSource(items, path.parent, path.stem, path.with_name(path.name + ".audit_cache"))
+        return FileSource(items, path.parent, path.stem)
     if not path.is_dir():
         raise UserError(f"{path}: corpus not found (an LMDB build, an LMDB split, an image folder or a .csv)")
     if (path / IMGS / "data.mdb").is_file():
@@ -185,9 +186,9 @@ def open_corpus(path: str | Path, splits: Sequence[str] | None = None, column: s
         missing = [s for s in wanted if s not in present]
         if missing:
             raise UserError(f"{path}: no LMDB split {missing[0]!r} (it has {present})")
-        return ConcatSource([LmdbSplitSource(path / s) for s in wanted], path.name)
+        return ConcatSource([LmdbSplitSource(path / s) for s in wanted], path.name, path)
     items = images_from_folder(path)
-    return FileSource(items, path, path.name, path / ".audit_cache")
+    return FileSource(items, path, path.name, path)
 
 
 __all__ = ["ConcatSource", "EvalSetSource", "FileSource", "ImageSource", "LmdbSplitSource", "open_corpus"]

@@ -15,6 +15,9 @@ logger = logging.getLogger(__name__)
 def read_exclude(path: str | Path) -> frozenset[str]:
     """Image references, one a line (blank lines and ``#`` comments ignored)."""
     lines = read_text_lines(path, "exclusion list")
+    unreliable = [s for s in lines if s.startswith("# UNRELIABLE:")]
+    if unreliable:
+        logger.warning("%s: marked unreliable by vclip-audit (%s)", path, unreliable[0][len("# UNRELIABLE:"):].strip())
     return frozenset(s.strip() for s in lines if s.strip() and not s.lstrip().startswith("#"))
 
 

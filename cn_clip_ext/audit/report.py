@@ -5,20 +5,20 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..outputs import replace_run_outputs
 from .run import CORPUS_BASELINE, AuditResult, Pair
 
 logger = logging.getLogger(__name__)
 
 EXCLUDE_FILE = "exclude.txt"
+AUDIT_KIND = "audit-report"
+"""The owner-marker kind of an audit's ``--out`` folder (its manifest lists the report files)."""
 FILES = ("audit.json", "audit.md", "pairs.csv", EXCLUDE_FILE, "contact_sheet.png", "nn_distributions.png")
 
 
@@ -65,6 +65,7 @@ def summary(result: AuditResult) -> dict:
         "eval_sets": sets,
         "nearest_neighbour": {"hash_distance": {k: _stats(v) for k, v in result.hash_nn.items()},
                               "cosine": {k: _stats(v) for k, v in result.cosine_nn.items()}},
+        "warnings": list(result.warnings),
         "pairs": [_pair_dict(p) for p in result.pairs],
         "skipped": {k: [list(x) for x in v] for k, v in result.skipped.items() if v},
         "seconds": {k: round(v, 2) for k, v in result.seconds.items()},
@@ -76,8 +77,10 @@ def summary(result: AuditResult) -> dict:
 def markdown(result: AuditResult, report: dict) -> str:
     t = report["thresholds"]
     cos = "–" if t["min_cosine"] is None else f"{t['min_cosine']:.4f}"
-    lines = [
-        "# Leakage and memorisation audit", "",
+    lines = ["# Leakage and memorisation audit", ""]
+    for text in report.get("warnings", ()):
+        lines += [f"> **Warning: unreliable thresholds.** {text}", ""]
+    lines += [
         f"Corpus **{report['corpus']['name']}**: {report['corpus']['n_images']} images "
         f"({report['corpus']['n_unreadable']} unreadable). Encoder: {report['encoder'] or 'none (hash level only)'}.",
         "",
@@ -175,8 +178,14 @@ def plot_distributions(result: AuditResult, path: Path) -> None:
     plt.close(fig)
 
 
+UNRELIABLE_MARK = "# UNRELIABLE:"
+"""Starts each header line of an ``exclude.txt`` whose thresholds the corpus baseline found unable to
+separate copies (``vclip-eval --exclude`` warns when it reads one)."""
+
+
 def write_exclude(result: AuditResult, path: Path) -> None:
-    lines = ["# vclip-audit: evaluation images with a near-duplicate in the training corpus",
+    lines = [*(f"{UNRELIABLE_MARK} {text}" for text in result.warnings),
+             "# vclip-audit: evaluation images with a near-duplicate in the training corpus",
              f"# corpus: {result.corpus.name}; hash distance <= {result.max_hash_distance}; "
              f"cosine >= {result.min_cosine}", *result.flagged()]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -194,9 +203,7 @@ def write_pairs_csv(result: AuditResult, path: Path) -> None:
 def write_audit_report(result: AuditResult, out_dir: str | Path, max_sheet_pairs: int = 60) -> Mapping[str, Path]:
     """Write every report file into ``out_dir`` (staged, then moved); returns name -> path."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=".audit-", dir=out))
-    try:
+    with replace_run_outputs(out, AUDIT_KIND, FILES, "audit report folder") as stage:
         report = summary(result)
         shown = contact_sheet(result, stage / "contact_sheet.png", max_sheet_pairs)
         report["contact_sheet_pairs"] = shown
@@ -205,12 +212,8 @@ def write_audit_report(result: AuditResult, out_dir: str | Path, max_sheet_pairs
         write_pairs_csv(result, stage / "pairs.csv")
         write_exclude(result, stage / EXCLUDE_FILE)
         plot_distributions(result, stage / "nn_distributions.png")
-        for name in FILES:
-            os.replace(stage / name, out / name)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
     return {name: out / name for name in FILES}
 
 
-__all__ = ["EXCLUDE_FILE", "FILES", "contact_sheet", "markdown", "plot_distributions", "summary",
+__all__ = ["AUDIT_KIND", "EXCLUDE_FILE", "FILES", "UNRELIABLE_MARK", "contact_sheet", "markdown", "plot_distributions", "summary",
            "write_audit_report"]

@@ -23,6 +23,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from PIL import Image
 
+from ..errors import UserError
 from ..evaluation.datasets import EvalSet
 from .corpus import EvalSetSource, ImageSource
 from .encoders import Encoder
@@ -105,6 +106,9 @@ class AuditResult:
     cosine_nn: Mapping[str, np.ndarray]
     skipped: Mapping[str, tuple[tuple[str, str], ...]]
     seconds: Mapping[str, float] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+    """What the corpus-vs-corpus baseline says about the thresholds, e.g. that they cannot separate
+    copies from distinct images in this corpus (the reports show these first)."""
 
     def flagged(self, eval_set: str | None = None) -> list[str]:
         """Evaluation image references in at least one pair (in order, no repeats)."""
@@ -150,7 +154,8 @@ def run_audit(corpus: ImageSource, eval_sets: Mapping[str, EvalSet], encoder: En
     seconds["corpus features"] = time.perf_counter() - t0
     n_valid = int(cf.valid.sum())
     if n_valid == 0:
-        raise ValueError(f"{corpus.name}: no readable corpus image")
+        raise UserError(f"{corpus.location or corpus.name}: none of the corpus's {len(corpus)} images is readable "
+                        f"(first: {cf.skipped[0][0] if cf.skipped else '?'}); nothing to audit")
     logger.info("corpus %s: %d images (%d unreadable)", corpus.name, len(corpus), len(corpus) - n_valid)
     rot0 = _zero_rotation(config.rotations)
     search_kw = dict(chunk=config.chunk, valid=cf.valid)
@@ -182,6 +187,10 @@ def run_audit(corpus: ImageSource, eval_sets: Mapping[str, EvalSet], encoder: En
         if config.min_cosine is None and min_cosine >= 0.999:
             logger.warning("the encoder puts distinct corpus images at cosine ~1 (an untrained or collapsed model?): "
                            "the embedding level cannot separate copies here; rely on the hash level or give --model")
+    warnings = baseline_warnings(hash_nn.get(CORPUS_BASELINE), cosine_nn.get(CORPUS_BASELINE),
+                                 config.max_hash_distance, min_cosine)
+    for text in warnings:
+        logger.warning("%s", text)
     base = hash_nn.get(CORPUS_BASELINE)
     if base is not None and base.size and (base <= config.max_hash_distance).mean() > 1 - config.baseline_quantile:
         logger.warning("%.2f%% of sampled corpus images have another corpus image within the hash threshold %d: "
@@ -221,7 +230,34 @@ def run_audit(corpus: ImageSource, eval_sets: Mapping[str, EvalSet], encoder: En
                 len({(p.eval_set, p.eval_ref) for p in pairs}))
     return AuditResult(config, config.max_hash_distance, min_cosine, cosine_source,
                        None if encoder is None else encoder.key, corpus, sources, tuple(pairs), hash_nn, cosine_nn,
-                       skipped, seconds)
+                       skipped, seconds, warnings)
+
+
+UNRELIABLE_SHARE = 0.5
+"""A threshold that puts more than this share of sampled corpus images within reach of another corpus
+image cannot tell a copy from a distinct image of the same distribution."""
+
+
+def baseline_warnings(hash_nn: np.ndarray | None, cosine_nn: np.ndarray | None, max_hash_distance: int,
+                      min_cosine: float | None) -> tuple[str, ...]:
+    """The corpus-vs-corpus baseline's verdict on the thresholds: one sentence per level at which most
+    sampled corpus images have another corpus image within the threshold."""
+    out = []
+    levels = (("hash", hash_nn, lambda v: v <= max_hash_distance, f"hash distance <= {max_hash_distance}"),
+              ("embedding", cosine_nn, lambda v: v >= min_cosine, f"cosine >= {min_cosine}"))
+    for level, values, within, rule in levels:
+        if values is None or (level == "embedding" and min_cosine is None):
+            continue
+        values = np.asarray(values)[np.isfinite(values)]
+        if not values.size:
+            continue
+        share = float(within(values).mean())
+        if share > UNRELIABLE_SHARE:
+            out.append(f"{100 * share:.0f}% of {values.size} sampled corpus images have another corpus image within "
+                       f"the {level} threshold ({rule}): at this threshold the {level} level cannot separate copies "
+                       f"from distinct images, so its flagged pairs and exclude.txt are unreliable; choose a stricter "
+                       f"threshold")
+    return tuple(out)
 
 
 def _pairs(name: str, src: ImageSource, ok: np.ndarray, ef: Features, cf: Features, corpus: ImageSource,
@@ -243,4 +279,5 @@ def _pairs(name: str, src: ImageSource, ok: np.ndarray, ef: Features, cf: Featur
     return out
 
 
-__all__ = ["AuditConfig", "AuditResult", "CORPUS_BASELINE", "Pair", "choose_min_cosine", "run_audit"]
+__all__ = ["AuditConfig", "AuditResult", "CORPUS_BASELINE", "Pair", "UNRELIABLE_SHARE", "baseline_warnings",
+           "choose_min_cosine", "run_audit"]

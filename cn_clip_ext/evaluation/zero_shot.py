@@ -47,7 +47,8 @@ def encode_images(model: torch.nn.Module, eval_set: EvalSet, transform: Callable
         for indices, features, bad in encoded:
             if bad:
                 index, reason = bad[0]
-                raise UserError(f"{eval_set.images[index]}: cannot read image ({reason})")
+                ref = eval_set.images[index]
+                raise UserError(reason if reason.startswith(f"{ref}: ") else f"{ref}: cannot read image ({reason})")
             feats.append(F.normalize(features, dim=-1))
             bar.update(len(indices))
     return torch.cat(feats)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -24,8 +23,10 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from ..errors import UserError, excerpt, where
+from ..errors import UserError, excerpt, first_line, where
+from ..layouts import FIVES, REFUGE
 from ..files import read_text_lines
+from ..outputs import replace_run_outputs
 from .inference import Decoded, SplitTransform, decoded, encode_batches
 from .transforms import open_rgb, read_rgb
 
@@ -58,13 +59,31 @@ class EmbedResult:
         return self.out_dir / EMBEDDINGS_FILE
 
 
+MASK_FOLDERS = (FIVES.mask_dir, *REFUGE.mask_dir.split("/"))
+"""Folders of segmentation masks in the published layouts (FIVES' ``Ground truth``, REFUGE's disc/cup
+masks): named like images, but not fundus photographs, so a folder listing leaves them out."""
+
+
+def _is_mask(rel: Path) -> bool:
+    folders = {part.lower() for part in rel.parts[:-1]}
+    return any(m.lower() in folders for m in MASK_FOLDERS)
+
+
 def images_from_folder(folder: str | Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[ImageItem]:
-    """Every image file under ``folder`` (recursive, sorted); the index records its relative path."""
+    """Every image file under ``folder`` (recursive, sorted); the index records its relative path.
+
+    Segmentation masks of the published layouts (:data:`MASK_FOLDERS`) are left out. Anything named
+    like an image that is not a folder is listed, a FIFO or device too: reading it is refused with a
+    reason (it is reported, never opened)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"{folder}: image folder not found")
     exts = {e.lower() for e in extensions}
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in exts and p.is_file())
+    found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in exts and not p.is_dir())
+    paths = [p for p in found if not _is_mask(p.relative_to(folder))]
+    if len(paths) < len(found):
+        logger.info("%s: %d segmentation masks left out (folders %s)", folder, len(found) - len(paths),
+                    " / ".join(MASK_FOLDERS))
     if not paths:
         raise UserError(f"{folder}: no image files ({', '.join(sorted(exts))})")
     return [ImageItem(p, {"path": p.relative_to(folder).as_posix()}) for p in paths]
@@ -79,13 +98,13 @@ def images_from_csv(csv_path: str | Path, column: str | None = None) -> list[Ima
     csv_path = Path(csv_path)
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
+            reader = csv.DictReader(fh, strict=True)  # an unterminated quote is an error, not one huge field
             header = reader.fieldnames or []
             rows = list(reader)
     except FileNotFoundError:
         raise UserError(f"{csv_path}: CSV file not found") from None
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise UserError(f"{csv_path}: not a readable CSV file ({exc})") from None
+        raise UserError(f"{csv_path}: not a readable CSV file ({getattr(exc, 'strerror', None) or first_line(exc)})") from None
     if column is None:
         column = next((c for c in PATH_COLUMNS if c in header), None)
         if column is None:
@@ -101,7 +120,7 @@ def images_from_csv(csv_path: str | Path, column: str | None = None) -> list[Ima
         items.append(ImageItem(path if path.is_absolute() else csv_path.parent / path,
                                {k: (v or "") for k, v in row.items() if k is not None}))
     if not items:
-        raise UserError(f"{csv_path}: no rows")
+        raise UserError(f"{csv_path}: no rows under the header, nothing to embed")
     return items
 
 
@@ -128,22 +147,28 @@ class _ImageFiles(Dataset):
         return decoded(index, lambda: self.split.per_image(decode(self.items[index].path, self.split.min_size)))
 
 
-def _write_outputs(out: Path, emb: np.ndarray, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{EMBEDDINGS_FILE}.tmp"
-    with open(tmp, "wb") as fh:
-        np.save(fh, emb)
-    os.replace(tmp, out / EMBEDDINGS_FILE)
-    _write_csv(out / INDEX_FILE, header, rows)
+EMBED_KIND = "embeddings"
+"""The owner-marker kind of a ``vclip-embed`` output folder (its manifest lists the files below)."""
+OUTPUT_FILES = (EMBEDDINGS_FILE, INDEX_FILE, SKIPPED_FILE)
+
+
+def _write_outputs(out: Path, emb: np.ndarray, header: Sequence[str], rows: Sequence[Sequence[object]],
+                   skipped: Sequence[tuple[str, str]] | None = None) -> None:
+    """Write one run's files; the previous run's (its manifest lists them) are replaced, a
+    ``skipped.csv`` of an image run included, and files no manifest lists are never overwritten."""
+    with replace_run_outputs(out, EMBED_KIND, OUTPUT_FILES, "embedding folder") as stage:
+        with open(stage / EMBEDDINGS_FILE, "wb") as fh:
+            np.save(fh, emb)
+        _write_csv(stage / INDEX_FILE, header, rows)
+        if skipped is not None:
+            _write_csv(stage / SKIPPED_FILE, ["path", "reason"], skipped)
 
 
 def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(header)
         w.writerows(rows)
-    os.replace(tmp, path)
 
 
 @torch.no_grad()
@@ -168,12 +193,14 @@ def embed_images(model: torch.nn.Module, transform: Callable, items: Sequence[Im
                 skipped.append((str(items[i].path), reason))
                 logger.warning("%s: skipped, unreadable (%s)", items[i].path, reason)
             bar.update(len(indices) + len(bad))
+    if not kept:
+        raise UserError(f"{skipped[0][0]}: none of the {len(items)} images is readable (this one: "
+                        f"{skipped[0][1]}); nothing written")
     dim = int(model.vclip_config.embed_dim)
-    emb = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros((0, dim), np.float32)
+    emb = np.concatenate(chunks).astype(np.float32)
     keys = list(dict.fromkeys(k for it in items for k in it.fields))
     rows = [[n, *(items[i].fields.get(k, "") for k in keys)] for n, i in enumerate(kept)]
-    _write_outputs(out, emb, ["row", *keys], rows)
-    _write_csv(out / SKIPPED_FILE, ["path", "reason"], skipped)
+    _write_outputs(out, emb, ["row", *keys], rows, skipped)
     logger.info("embedded %d of %d images into %s (%d skipped)", len(kept), len(items), out, len(skipped))
     return EmbedResult(out, len(kept), dim, tuple(skipped))
 
@@ -196,5 +223,5 @@ def embed_captions(model: torch.nn.Module, captions: Sequence[tuple[int, str]], 
     return EmbedResult(out, len(captions), int(emb.shape[1]))
 
 
-__all__ = ["EMBEDDINGS_FILE", "EmbedResult", "INDEX_FILE", "IMAGE_EXTENSIONS", "ImageItem", "SKIPPED_FILE",
+__all__ = ["EMBED_KIND", "EMBEDDINGS_FILE", "EmbedResult", "MASK_FOLDERS", "OUTPUT_FILES", "INDEX_FILE", "IMAGE_EXTENSIONS", "ImageItem", "SKIPPED_FILE",
            "captions_from_file", "embed_captions", "embed_images", "images_from_csv", "images_from_folder"]

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from ..files import check_input_file, max_image_bytes
 from .png import png_pixels
 
 cv2.setNumThreads(1)  # one small warp per call, usually in DataLoader workers: a thread pool would only contend
@@ -139,7 +140,12 @@ def place(image: RGBImage, size: int, mode: str = "fov", geometry: Geometry = Ge
 
 def _open(fp: str | Path | IO[bytes]) -> tuple[Image.Image, bytes]:
     """PIL's lazy image of a file's bytes, and the bytes (for libspng)."""
-    data = fp.read() if hasattr(fp, "read") else Path(fp).read_bytes()
+    if hasattr(fp, "read"):
+        data = fp.read()
+    else:  # a FIFO or device is refused before it is opened, an oversized file before it is read
+        if Path(fp).exists():  # (a missing file stays a FileNotFoundError, as callers report it)
+            check_input_file(fp, "image", max_image_bytes())
+        data = Path(fp).read_bytes()
     try:
         return Image.open(io.BytesIO(data)), data
     except UnidentifiedImageError:
