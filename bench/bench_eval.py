@@ -86,7 +86,7 @@ def run_ours(folder: Path, ckpt: Path, out: Path, batch: int, workers: int) -> f
     t = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
         rc = main(["--checkpoint", str(ckpt), "--model", MODEL, "--datasets-table", str(table),
-                   "--data", f"bench={folder}", "--out", str(out), "--batch-size", str(batch),
+                   "--data", f"bench={folder}", "--out", str(out), "--preprocess", "fov", "--batch-size", str(batch),
                    "--workers", str(workers), "--device", "cpu", "--quiet"])
     if rc != 0:
         raise SystemExit(f"vclip-eval failed with status {rc}")

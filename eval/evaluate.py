@@ -16,18 +16,24 @@ from cn_clip_ext.evaluation.probe import PROBE_MODES
 from cn_clip_ext.evaluation.resources import DATASETS_TABLE, PROMPTS_DIR
 from cn_clip_ext.model.factory import UnknownModelError
 from cn_clip_ext.model.inference import decode_workers
-from cn_clip_ext.model.checkpoints import load_checkpoint_model
+from cn_clip_ext.evaluation.report import REPORT_FILES, REPORT_KIND
+from cn_clip_ext.files import image_mb_arg, image_size_limit
+from cn_clip_ext.model.bundle import file_sha256
+from cn_clip_ext.model.checkpoints import load_checkpoint_full
+from cn_clip_ext.outputs import check_replaceable
 from cn_clip_ext.model.transforms import PREPROCESS_MODES
 from cn_clip_ext.model.tripartite import SINGLE_EYE_HEADS
 
 logger = logging.getLogger("vclip-eval")
+UNTRAINED_SEED = 0
+"""The seed of ``--untrained`` models' random initialisation (recorded in report.json)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="vclip-eval",
         description="Zero-shot evaluation with Chinese prompt ensembles. Reports top-1, balanced accuracy "
-                    "(ACA), macro-F1, quadratic kappa (graded tasks) and macro AUC with bootstrap 95%% "
+                    "(ACA), macro-F1, quadratic kappa (graded tasks) and macro AUC with bootstrap 95% "
                     "intervals, beside the majority-class and uniform baselines.",
         epilog="example: vclip-eval --checkpoint runs/tiny/checkpoints/latest.pt "
                "--data fives=/data/FIVES --data refuge=/data/REFUGE --out reports/tiny")
@@ -50,8 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="YAML/JSON dataset table (default: the built-in table)")
     p.add_argument("--prompts", default="plain",
                    help="prompt set: a built-in set name (plain, expert) or a YAML/JSON file")
-    p.add_argument("--preprocess", choices=sorted(PREPROCESS_MODES), default="fov",
-                   help="fov: crop to the field of view and pad (default); squash: cn_clip's resize")
+    p.add_argument("--preprocess", choices=sorted(PREPROCESS_MODES),
+                   help="override the preprocessing recorded in each checkpoint or bundle (untrained models: fov); "
+                        "fov: crop to the field of view and pad; squash: cn_clip's resize")
+    p.add_argument("--max-image-mb", type=image_mb_arg, metavar="MB",
+                   help="refuse image files larger than this before reading them (default 256)")
     p.add_argument("--batch-size", type=int, default=64,
                    help="images per forward pass (default 64; at most 16 on the CPU, where larger "
                         "batches are no faster and start the model later)")
@@ -60,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
     p.add_argument("--device", type=device_arg, default="auto",
                    help="cpu, cuda, cuda:N or auto (default: the GPU when there is one)")
-    p.add_argument("--out", type=Path, required=True, help="output folder for the reports")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output folder for the reports; a later evaluation into it replaces the files its "
+                        "manifest lists, and refuses to overwrite report files that no manifest lists")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--exclude", type=Path, metavar="FILE",
                    help="image references to leave out (vclip-audit's exclude.txt): each affected dataset is "
@@ -131,28 +142,43 @@ def _datasets(args: argparse.Namespace, table) -> dict[str, Path]:
 
 
 def _models(args: argparse.Namespace):
-    """Yield ``(label, model, architecture)`` one at a time (one model in memory at once)."""
+    """Yield ``(label, model, architecture, record)`` one at a time (one model in memory at once);
+    ``record`` says where the model came from (path, SHA-256, step, seed) and which preprocessing
+    it is evaluated with: the one recorded in the checkpoint or bundle unless ``--preprocess``."""
     for item in args.checkpoint:
         path, sep, label = item.partition("=")
         if Path(path).is_dir():  # an exported bundle (vclip-export)
+            from cn_clip_ext.model.bundle import BundleConfig
             from cn_clip_ext.model.pretrained import load_pretrained
 
-            model, _, _ = load_pretrained(path, device=args.device, model_name=args.model)
+            model, _, _ = load_pretrained(path, device=args.device, model_name=args.model, preprocess=args.preprocess)
             arch = model.vclip_config.name
+            source = BundleConfig.from_file(Path(path) / "config.json").source
+            record = {"kind": "bundle", "path": str(Path(path).resolve()), "sha256": source.get("sha256"),
+                      "step": source.get("step"), "seed": source.get("seed"),
+                      "source_checkpoint": source.get("checkpoint"), "preprocess": model.preprocess_mode}
         else:
-            model, arch = load_checkpoint_model(path, args.model, args.device)
+            loaded = load_checkpoint_full(path, args.model, args.device)
+            model, arch = loaded.model, loaded.name
+            mode = args.preprocess or loaded.config.get("preprocess") or ("fov" if loaded.is_visionclip else "squash")
+            record = {"kind": "checkpoint", "path": str(Path(path).resolve()), "sha256": file_sha256(path),
+                      "step": loaded.step, "seed": loaded.config.get("seed"), "preprocess": mode}
         inner = getattr(model, "clip", model)
         if hasattr(inner, "set_single_eye_head"):
             inner.set_single_eye_head(args.single_eye_head)
             logger.info("%s: tripartite model, single-eye head %r (%s)", path, args.single_eye_head,
                         SINGLE_EYE_HEADS[args.single_eye_head].description)
-        yield (label if sep else path), model, arch
+        record["preprocess_source"] = "--preprocess" if args.preprocess else "recorded"
+        yield (label if sep else path), model, arch, {"architecture": arch, **record}
     for arch in args.untrained:
         try:
-            model = create_model(arch, seed=0, device=args.device).eval()
+            model = create_model(arch, seed=UNTRAINED_SEED, device=args.device).eval()
         except UnknownModelError as exc:
             raise UserError(str(exc)) from None
-        yield f"{arch} (untrained)", model, arch
+        yield f"{arch} (untrained)", model, arch, {
+            "architecture": arch, "kind": "untrained", "path": None, "sha256": None, "step": 0,
+            "seed": UNTRAINED_SEED, "preprocess": args.preprocess or "fov",
+            "preprocess_source": "--preprocess" if args.preprocess else "default"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -177,17 +203,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         splits = {name: probe_split(s, args.probe_train_fraction, args.probe_seed) for name, s in sets.items()} \
             if args.probe else {}
         seeds = tuple(range(args.probe_seed, args.probe_seed + max(1, args.probe_seeds)))
-        results, linear, kshot = {}, {}, {}
-        for label, model, arch in _models(args):
+        check_replaceable(args.out, REPORT_KIND, REPORT_FILES)
+        results, linear, kshot, records = {}, {}, {}, {}
+        for label, model, arch, record in _models(args):
             model.eval()
+            records[label] = record
+            logger.info("%s: preprocessing %s (%s)", label, record["preprocess"], record["preprocess_source"])
             size = model.vclip_config.image_size
-            transform = eval_transform(size, preprocess=args.preprocess)
+            transform = eval_transform(size, preprocess=record["preprocess"])
             tokenizer = get_tokenizer(arch)
             embedder = ClassEmbedder(model, tokenizer, prompts, args.device)  # shared classes encoded once
             results[label], linear_rows, kshot_rows = {}, {}, {}
             for name, s in sets.items():
-                feats = encode_images(model, s, transform, args.batch_size, workers, args.device,
-                                      progress=not args.quiet)
+                with image_size_limit(args.max_image_mb):
+                    feats = encode_images(model, s, transform, args.batch_size, workers, args.device,
+                                          progress=not args.quiet)
                 r = results[label][name] = zero_shot_features(model, tokenizer, s, prompts, feats, args.device,
                                                               args.bootstrap, embedder)
                 logger.info("%s on %s: balanced accuracy %.3f, top-1 %.3f", label, name,
@@ -210,12 +240,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 linear[label] = linear_rows
             if kshot_rows:
                 kshot[label] = kshot_rows
-        meta = {"prompts": prompts.name, "preprocess": args.preprocess, "bootstrap": args.bootstrap}
+        meta = {"prompts": prompts.name, "preprocess": args.preprocess or "recorded", "bootstrap": args.bootstrap}
         if args.probe:
             meta["probe"] = {"modes": list(args.probe), "seed": args.probe_seed, "kshot_seeds": list(seeds),
                              "shots": list(args.shots), "train_fraction": args.probe_train_fraction,
                              "splits": {n: sp.source for n, sp in splits.items()}}
-        write_reports(results, sets, args.out, meta=meta, linear=linear or None, kshot=kshot or None)
+        write_reports(results, sets, args.out, meta=meta, linear=linear or None, kshot=kshot or None,
+                      models=records)
         print((args.out / "table.md").read_text(encoding="utf-8"))
         return 0
 

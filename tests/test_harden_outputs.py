@@ -429,3 +429,82 @@ def test_embed_replaces_only_its_own_earlier_outputs(bundle, photo_dir, captions
     assert embed_main(["--model", str(bundle), "--captions", str(captions), "--out", str(theirs), "--quiet"]) == 2
     assert "output of another run that no manifest" in one_line_error(capsys)
     assert (theirs / "embeddings.npy").read_bytes() == b"a colleague's embeddings"
+
+
+# -- vclip-eval: honest reports, special files in the data, its own outputs only -------------------------
+@pytest.fixture(scope="module")
+def eval_sets(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("eval_sets")
+    write_eval_sets(root, 8, seed=5, size=96, progress=False)
+    return root
+
+
+def _eval(out: Path, *argv) -> int:
+    return eval_main([*argv, "--out", str(out), "--bootstrap", "20", "--workers", "0", "--batch-size", "8",
+                      "--quiet"])
+
+
+def test_eval_uses_the_recorded_preprocessing_and_records_the_checkpoint(ckpt, bundle, eval_sets, tmp_path):
+    import csv
+
+    out = tmp_path / "r"
+    assert _eval(out, "--checkpoint", f"{ckpt}=ckpt", "--checkpoint", f"{bundle}=bundle", "--untrained", TINY,
+                 "--data", f"fives={eval_sets / 'fives'}") == 0
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    models = report["models"]
+    assert models["ckpt"]["preprocess"] == "squash" and models["ckpt"]["preprocess_source"] == "recorded"
+    assert models["ckpt"]["sha256"] == file_sha256(ckpt) and models["ckpt"]["step"] == 3
+    assert models["ckpt"]["path"] == str(ckpt.resolve()) and models["ckpt"]["kind"] == "checkpoint"
+    assert models["bundle"]["kind"] == "bundle" and models["bundle"]["sha256"] == file_sha256(ckpt)
+    assert models["bundle"]["preprocess"] == "squash"
+    assert models[f"{TINY} (untrained)"]["seed"] == 0 and models[f"{TINY} (untrained)"]["preprocess"] == "fov"
+    assert report["results"]["ckpt"]["fives"]["model"] == models["ckpt"]  # every row says where it came from
+    table = (out / "table.md").read_text(encoding="utf-8")
+    n = report["results"]["ckpt"]["fives"]["n_images"]
+    assert table.count(f", n={n})") == 3
+    with open(out / "predictions__ckpt__fives.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == n and all(r["file_name"] == Path(r["image"]).name for r in rows)
+    probs = [[float(v) for k, v in r.items() if k.startswith("p_")] for r in rows]
+    assert all(abs(sum(p) - 1) < 1e-6 for p in probs)
+    assert any(len(v.split(".")[-1]) > 5 for r in rows for k, v in r.items() if k.startswith("p_"))
+    forced = tmp_path / "forced"
+    assert _eval(forced, "--checkpoint", f"{ckpt}=ckpt", "--preprocess", "fov", "--data",
+                 f"fives={eval_sets / 'fives'}") == 0
+    forced_models = json.loads((forced / "report.json").read_text(encoding="utf-8"))["models"]
+    assert forced_models["ckpt"]["preprocess"] == "fov" and forced_models["ckpt"]["preprocess_source"] == "--preprocess"
+
+
+def test_a_second_evaluation_replaces_only_the_first_ones_files(eval_sets, tmp_path, capsys):
+    out = tmp_path / "r"
+    assert _eval(out, "--untrained", TINY, "--data", f"fives={eval_sets / 'fives'}", "--data",
+                 f"refuge={eval_sets / 'refuge'}") == 0
+    (out / "notes.txt").write_text("mine", encoding="utf-8")
+    assert (out / f"predictions__{TINY.replace('@', '_')}_untrained__refuge.csv").is_file()
+    assert _eval(out, "--untrained", TINY, "--data", f"fives={eval_sets / 'fives'}") == 0
+    names = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    assert names == sorted(["report.json", "table.md", "notes.txt",
+                            f"predictions__{TINY.replace('@', '_')}_untrained__fives.csv",
+                            f"confusion__{TINY.replace('@', '_')}_untrained__fives.png"])
+    assert set(json.loads((out / "report.json").read_text(encoding="utf-8"))["results"][f"{TINY} (untrained)"]) == \
+        {"fives"}
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "report.json").write_text('{"results": {}}', encoding="utf-8")
+    assert _eval(theirs, "--untrained", TINY, "--data", f"fives={eval_sets / 'fives'}") == 2
+    assert "output of another run that no manifest" in one_line_error(capsys)
+    assert (theirs / "report.json").read_text(encoding="utf-8") == '{"results": {}}'
+
+
+@pytest.mark.parametrize("kind, message", [("fifo", "image is a FIFO, not a regular file"),
+                                           ("empty", "empty file"), ("device", "image is a device")])
+def test_a_special_or_empty_file_in_an_evaluation_set_is_one_line(eval_sets, tmp_path, capsys, kind, message):
+    fives = tmp_path / "fives"
+    shutil.copytree(eval_sets / "fives", fives)
+    bad = fives / "train" / "Original" / "999_A.png"
+    {"fifo": lambda: os.mkfifo(bad), "empty": lambda: bad.write_bytes(b""),
+     "device": lambda: bad.symlink_to("/dev/zero")}[kind]()
+    assert _eval(tmp_path / "r", "--untrained", TINY, "--data", f"fives={fives}") == 2
+    line = one_line_error(capsys)
+    assert f"{bad}: {message}" in line and "UnidentifiedImageError" not in line
+    assert not (tmp_path / "r" / "report.json").exists()

@@ -11,6 +11,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from ..outputs import replace_run_outputs
 from .datasets import EvalSet
 from .probe import KShotResult
 from .zero_shot import ZeroShotResult
@@ -52,7 +53,8 @@ def markdown_table(results: Results, metric: str = "balanced_accuracy") -> str:
                 cells.append("–")
                 continue
             lo, hi = r.intervals.get(metric, (float("nan"),) * 2)
-            cells.append(f"{r.metrics[metric]:.3f} [{lo:.3f}, {hi:.3f}] (top-1 {r.metrics['top1']:.3f})")
+            cells.append(f"{r.metrics[metric]:.3f} [{lo:.3f}, {hi:.3f}] (top-1 {r.metrics['top1']:.3f}, "
+                         f"n={int(r.labels.size)})")
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
     first = next(iter(results.values()), {})
     for base in ("majority", "uniform"):
@@ -63,7 +65,8 @@ def markdown_table(results: Results, metric: str = "balanced_accuracy") -> str:
             cells.append(f"{b[metric]:.3f} (top-1 {b['top1']:.3f})" if metric in b else "–")
         lines.append(f"| {base}-class baseline | " + " | ".join(cells) + " |")
     name = metric.replace("_", " ")
-    return (f"{name} with bootstrap 95% interval, top-1 accuracy in brackets\n\n" + "\n".join(lines) + "\n")
+    return (f"{name} with bootstrap 95% interval, top-1 accuracy and the number of images scored in brackets\n\n"
+            + "\n".join(lines) + "\n")
 
 
 def kshot_table(results: KShotResults, metric: str = "balanced_accuracy") -> str:
@@ -77,7 +80,8 @@ def kshot_table(results: KShotResults, metric: str = "balanced_accuracy") -> str
             for d in datasets:
                 r = next((r for r in per.get(d, ()) if r.shots == k), None)
                 cells.append("–" if r is None else f"{r.mean[metric]:.3f} ± {r.sd[metric]:.3f} "
-                                                    f"(top-1 {r.mean['top1']:.3f} ± {r.sd['top1']:.3f})")
+                                                    f"(top-1 {r.mean['top1']:.3f} ± {r.sd['top1']:.3f}, "
+                                                    f"n={r.n_test})")
             lines.append(f"| {model} · {k}-shot | " + " | ".join(cells) + " |")
     first = next(iter(results.values()), {})
     for base in ("majority", "uniform"):
@@ -89,7 +93,7 @@ def kshot_table(results: KShotResults, metric: str = "balanced_accuracy") -> str
         lines.append(f"| {base}-class baseline | " + " | ".join(cells) + " |")
     seeds = next((len(r.seeds) for per in results.values() for runs in per.values() for r in runs), 0)
     name = metric.replace("_", " ")
-    return (f"{name}, mean ± sd over {seeds} seeds, top-1 accuracy in brackets\n\n" + "\n".join(lines) + "\n")
+    return (f"{name}, mean ± sd over {seeds} seeds, top-1 accuracy and the test images in brackets\n\n" + "\n".join(lines) + "\n")
 
 
 def _font(size: int):
@@ -136,14 +140,17 @@ def plot_confusion(result: ZeroShotResult, path: Path, title: str) -> None:
 
 
 def write_predictions(result: ZeroShotResult, eval_set: EvalSet | None, path: Path) -> None:
-    """One row per scored image (the result's own images, else ``eval_set``'s)."""
+    """One row per scored image (the result's own images, else ``eval_set``'s): its reference, the
+    source file name, label, prediction and every class probability at full precision (the shortest
+    text that reads back as the same float)."""
     refs = result.images or (eval_set.images if eval_set is not None else ())
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(["image", "label", "prediction", *[f"p_{c}" for c in result.classes]])
+        w.writerow(["image", "file_name", "label", "prediction", *[f"p_{c}" for c in result.classes]])
         for ref, y, p, probs in zip(refs, result.labels, result.predictions, result.probabilities):
-            w.writerow([ref, result.classes[y], result.classes[p], *[f"{v:.5f}" for v in probs]])
+            w.writerow([ref, os.path.basename(str(ref)), result.classes[y], result.classes[p],
+                        *[repr(float(v)) for v in probs]])
     os.replace(tmp, path)
 
 
@@ -159,23 +166,45 @@ def _plots(results: Results, eval_sets: Mapping[str, EvalSet], out: Path, tag: s
     return written
 
 
+REPORT_KIND = "eval-report"
+"""The owner-marker kind of a ``vclip-eval --out`` folder (its manifest lists the report's files)."""
+REPORT_FILES = ("report.json", "table.md", "predictions__*.csv", "confusion__*.png")
+"""The names a report writes: a later run replaces those its manifest lists and never overwrites others."""
+
+
 def write_reports(results: Results, eval_sets: Mapping[str, EvalSet], out_dir: str | Path,
                   meta: Mapping[str, object] | None = None, linear: Results | None = None,
-                  kshot: KShotResults | None = None) -> Sequence[Path]:
+                  kshot: KShotResults | None = None,
+                  models: Mapping[str, Mapping[str, object]] | None = None) -> Sequence[Path]:
     """Write ``report.json``, ``table.md`` and per model and dataset a PNG and a CSV.
 
     ``linear`` (scored on each set's test part) and ``kshot`` add their own JSON sections
     (``linear_probe``, ``kshot``) and Markdown tables; linear probes get ``__linear`` files.
+    ``models`` (row label -> checkpoint path, SHA-256, step, seed, preprocessing) is recorded as
+    ``report["models"]`` and in every result of that row (``"model"``). The files replace the
+    previous report's in ``out_dir`` (those its manifest lists) and never files no manifest lists.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with replace_run_outputs(out, REPORT_KIND, REPORT_FILES, "report folder") as stage:
+        written = _write_reports(results, eval_sets, stage, meta, linear, kshot, models)
+    return [out / p.name for p in written]
+
+
+def _write_reports(results: Results, eval_sets: Mapping[str, EvalSet], out: Path,
+                   meta: Mapping[str, object] | None, linear: Results | None, kshot: KShotResults | None,
+                   models: Mapping[str, Mapping[str, object]] | None) -> list[Path]:
+    models = {label: dict(record) for label, record in (models or {}).items()}
+
+    def rows(per_model: Results) -> dict:
+        return {m: {d: {**result_to_dict(r), **({"model": models[m]} if m in models else {})}
+                    for d, r in per.items()} for m, per in per_model.items()}
+
     written = _plots(results, eval_sets, out)
-    report: dict = {"meta": dict(meta or {}),
-                    "results": {m: {d: result_to_dict(r) for d, r in per.items()} for m, per in results.items()}}
+    report: dict = {"meta": dict(meta or {}), "models": models, "results": rows(results)}
     table = markdown_table(results)
     if linear:
         written += _plots(linear, eval_sets, out, "linear")
-        report["linear_probe"] = {m: {d: result_to_dict(r) for d, r in per.items()} for m, per in linear.items()}
+        report["linear_probe"] = rows(linear)
         table += ("\n## linear probe (logistic regression on frozen image features, scored on the test part)\n\n"
                   + markdown_table({f"{m} · linear probe": per for m, per in linear.items()}))
     if kshot:
