@@ -142,16 +142,23 @@ def _datasets(args: argparse.Namespace, table) -> dict[str, Path]:
 
 
 def _models(args: argparse.Namespace):
+    """Yield ``(label, model, architecture)`` one at a time (one model in memory at once)."""
+    for label, model, arch, _ in _sourced_models(args):
+        yield label, model, arch
+
+
+def _sourced_models(args: argparse.Namespace):
     """Yield ``(label, model, architecture, record)`` one at a time (one model in memory at once);
     ``record`` says where the model came from (path, SHA-256, step, seed) and which preprocessing
     it is evaluated with: the one recorded in the checkpoint or bundle unless ``--preprocess``."""
+    forced = getattr(args, "preprocess", None)
     for item in args.checkpoint:
         path, sep, label = item.partition("=")
         if Path(path).is_dir():  # an exported bundle (vclip-export)
             from cn_clip_ext.model.bundle import BundleConfig
             from cn_clip_ext.model.pretrained import load_pretrained
 
-            model, _, _ = load_pretrained(path, device=args.device, model_name=args.model, preprocess=args.preprocess)
+            model, _, _ = load_pretrained(path, device=args.device, model_name=args.model, preprocess=forced)
             arch = model.vclip_config.name
             source = BundleConfig.from_file(Path(path) / "config.json").source
             record = {"kind": "bundle", "path": str(Path(path).resolve()), "sha256": source.get("sha256"),
@@ -160,7 +167,7 @@ def _models(args: argparse.Namespace):
         else:
             loaded = load_checkpoint_full(path, args.model, args.device)
             model, arch = loaded.model, loaded.name
-            mode = args.preprocess or loaded.config.get("preprocess") or ("fov" if loaded.is_visionclip else "squash")
+            mode = forced or loaded.config.get("preprocess") or ("fov" if loaded.is_visionclip else "squash")
             record = {"kind": "checkpoint", "path": str(Path(path).resolve()), "sha256": file_sha256(path),
                       "step": loaded.step, "seed": loaded.config.get("seed"), "preprocess": mode}
         inner = getattr(model, "clip", model)
@@ -168,7 +175,7 @@ def _models(args: argparse.Namespace):
             inner.set_single_eye_head(args.single_eye_head)
             logger.info("%s: tripartite model, single-eye head %r (%s)", path, args.single_eye_head,
                         SINGLE_EYE_HEADS[args.single_eye_head].description)
-        record["preprocess_source"] = "--preprocess" if args.preprocess else "recorded"
+        record["preprocess_source"] = "--preprocess" if forced else "recorded"
         yield (label if sep else path), model, arch, {"architecture": arch, **record}
     for arch in args.untrained:
         try:
@@ -177,8 +184,8 @@ def _models(args: argparse.Namespace):
             raise UserError(str(exc)) from None
         yield f"{arch} (untrained)", model, arch, {
             "architecture": arch, "kind": "untrained", "path": None, "sha256": None, "step": 0,
-            "seed": UNTRAINED_SEED, "preprocess": args.preprocess or "fov",
-            "preprocess_source": "--preprocess" if args.preprocess else "default"}
+            "seed": UNTRAINED_SEED, "preprocess": forced or "fov",
+            "preprocess_source": "--preprocess" if forced else "default"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -205,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seeds = tuple(range(args.probe_seed, args.probe_seed + max(1, args.probe_seeds)))
         check_replaceable(args.out, REPORT_KIND, REPORT_FILES)
         results, linear, kshot, records = {}, {}, {}, {}
-        for label, model, arch, record in _models(args):
+        for label, model, arch, record in _sourced_models(args):
             model.eval()
             records[label] = record
             logger.info("%s: preprocessing %s (%s)", label, record["preprocess"], record["preprocess_source"])

@@ -8,7 +8,7 @@ from typing import Sequence
 
 from cn_clip_ext.model.bundle import TOWERS, BundleConfig, SourceInfo, file_sha256, write_bundle
 from cn_clip_ext.cli import run_program, setup_logging
-from cn_clip_ext.errors import UserError
+from cn_clip_ext.errors import UserError, excerpt
 from cn_clip_ext.evaluation.prompts import load_prompt_set
 from cn_clip_ext.model.onnx import DEFAULT_OPSET, bundle_hook
 from cn_clip_ext.model.transforms import PREPROCESS_MODES
@@ -49,13 +49,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write image_encoder.onnx / text_encoder.onnx (dynamic batch), checked with onnxruntime")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     p.add_argument("--report", type=Path, metavar="REPORT_JSON",
-                   help="a vclip-eval report.json to include; its metrics go into the model card")
+                   help="a vclip-eval report.json to include; its metrics go into the model card. A report that "
+                        "records other checkpoints than this one (by SHA-256) is refused")
+    p.add_argument("--force-report", action="store_true",
+                   help="include --report even when it was made from another checkpoint")
     p.add_argument("--prompts", type=Path, nargs="+", metavar="FILE",
                    help="prompt-set YAML/JSON files to include (default: the ones vclip-eval ships)")
     p.add_argument("--no-prompts", action="store_true", help="include no prompt sets")
     p.add_argument("--preprocess", choices=sorted(PREPROCESS_MODES),
                    help="record this preprocessing mode instead of the checkpoint's (cn_clip checkpoints: squash)")
-    p.add_argument("--force", action="store_true", help="replace OUT_DIR if it exists")
+    p.add_argument("--force", action="store_true",
+                   help="replace OUT_DIR if it is a bundle (every file in it listed by its config.json); any other "
+                        "folder is refused, never removed")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -78,6 +83,27 @@ def _load(args: argparse.Namespace):
     return loaded.model, mode, source, TOWERS
 
 
+def _check_report(path: Path, source: SourceInfo, force: bool) -> None:
+    """Refuse (unless ``force``) a report whose rows were made from other checkpoints than ``source``."""
+    from cn_clip_ext.files import read_structured
+
+    data = read_structured(path, "evaluation report")
+    models = data.get("models") if isinstance(data, dict) else None
+    if not isinstance(models, dict) or not models:
+        logger.warning("%s: the report does not record which checkpoints made it (an older vclip-eval); it cannot "
+                       "be checked against %s", path, source.checkpoint)
+        return
+    made_from = {str(r.get("sha256")) for r in models.values() if isinstance(r, dict)}
+    if source.sha256 in made_from:
+        return
+    paths = sorted(str(r.get("path")) for r in models.values() if isinstance(r, dict))
+    message = (f"{path}: made from another checkpoint ({excerpt(paths, 120)}), not from {source.checkpoint} "
+               f"(sha256 {source.sha256[:12]}…)")
+    if not force:
+        raise UserError(f"{message}; evaluate this checkpoint, or pass --force-report to include it anyway")
+    logger.warning("%s; included because of --force-report", message)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
@@ -91,6 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if Path(path).is_file():
                 load_prompt_set(path)  # a one-line UserError naming a file that is not a prompt set
         clip, mode, source, available = _load(args)
+        if args.report is not None:
+            _check_report(args.report, source, args.force_report)
         lacking = [t for t in towers if t not in available]
         if lacking:
             raise UserError(f"{args.checkpoint}: has no {lacking[0]} tower to export")

@@ -508,3 +508,48 @@ def test_a_special_or_empty_file_in_an_evaluation_set_is_one_line(eval_sets, tmp
     line = one_line_error(capsys)
     assert f"{bad}: {message}" in line and "UnidentifiedImageError" not in line
     assert not (tmp_path / "r" / "report.json").exists()
+
+
+# -- vclip-export: --force removes only a bundle, --report must come from this checkpoint ----------------
+def test_export_force_replaces_only_a_bundle(ckpt, tmp_path, capsys):
+    out = tmp_path / "b"
+    assert export_main([str(ckpt), str(out), "--no-prompts"]) == 0
+    assert export_main([str(ckpt), str(out), "--no-prompts", "--force"]) == 0  # its own bundle: replaced
+    (out / "my_notes.txt").write_text("mine", encoding="utf-8")
+    assert export_main([str(ckpt), str(out), "--no-prompts", "--force"]) == 2
+    assert f"{out / 'my_notes.txt'}: not part of the bundle" in one_line_error(capsys)
+    assert (out / "my_notes.txt").read_text(encoding="utf-8") == "mine" and (out / "config.json").is_file()
+    home = tmp_path / "home"
+    (home / "thesis").mkdir(parents=True)
+    (home / "thesis" / "chapter1.tex").write_text("years of work", encoding="utf-8")
+    (home / "config.json").write_text("{}", encoding="utf-8")
+    assert export_main([str(ckpt), str(home), "--no-prompts", "--force"]) == 2
+    assert "not a bundle written by vclip-export" in one_line_error(capsys)
+    assert (home / "thesis" / "chapter1.tex").read_text(encoding="utf-8") == "years of work"
+    a_file = tmp_path / "file"
+    a_file.write_text("x", encoding="utf-8")
+    assert export_main([str(ckpt), str(a_file), "--no-prompts", "--force"]) == 2
+    assert "exists and is not a folder" in one_line_error(capsys)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert export_main([str(ckpt), str(empty), "--no-prompts", "--force"]) == 0
+    assert (empty / "model.safetensors").is_file()
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
+
+
+def test_export_refuses_a_report_made_from_another_checkpoint(ckpt, eval_sets, tmp_path, capsys, caplog):
+    other = make_checkpoint(tmp_path / "other.pt", seed=5)
+    report = tmp_path / "r"
+    assert _eval(report, "--checkpoint", str(other), "--data", f"fives={eval_sets / 'fives'}") == 0
+    assert export_main([str(ckpt), str(tmp_path / "b1"), "--no-prompts", "--report",
+                        str(report / "report.json")]) == 2
+    line = one_line_error(capsys)
+    assert "report.json: made from another checkpoint" in line and "--force-report" in line
+    assert not (tmp_path / "b1").exists()
+    with caplog.at_level("WARNING"):
+        assert export_main([str(ckpt), str(tmp_path / "b2"), "--no-prompts", "--report", str(report / "report.json"),
+                            "--force-report"]) == 0
+    assert "included because of --force-report" in caplog.text
+    assert export_main([str(other), str(tmp_path / "b3"), "--no-prompts", "--report",
+                        str(report / "report.json")]) == 0
+    assert (tmp_path / "b3" / "eval_report.json").is_file()

@@ -395,12 +395,39 @@ def _hash_tree(folder: Path) -> dict[str, str]:
     return out
 
 
+def prove_bundle(folder: Path, flag: str = "--force") -> None:
+    """One line unless ``folder`` may be replaced by a new bundle: it is absent, empty, or a bundle
+    this toolkit wrote, proved by its own ``config.json`` and file list (every file in the folder is
+    ``config.json`` or listed in it). A folder that holds anything else is never removed."""
+    if not folder.exists() and not folder.is_symlink():
+        return
+    if folder.is_symlink() or not folder.is_dir():
+        raise UserError(f"{folder}: exists and is not a folder; {flag} replaces only a bundle folder")
+    entries = list(folder.rglob("*"))
+    if not entries:
+        return
+    try:
+        cfg = BundleConfig.from_file(folder / CONFIG_FILE)
+    except UserError:
+        raise UserError(f"{folder}: not a bundle written by vclip-export (no valid {CONFIG_FILE}); {flag} replaces "
+                        "only a bundle: choose another folder or remove it yourself") from None
+    listed = {CONFIG_FILE, *cfg.files}
+    parents = {p.as_posix() for rel in listed for p in Path(rel).parents if p.as_posix() != "."}
+    for path in sorted(entries):
+        rel = path.relative_to(folder).as_posix()
+        ours = rel in parents if path.is_dir() and not path.is_symlink() else rel in listed
+        if not ours:
+            raise UserError(f"{path}: not part of the bundle in {folder} (its {CONFIG_FILE} does not list it); "
+                            f"{flag} removes only a bundle's own files: move it or choose another folder")
+
+
 def _publish(tmp: Path, out: Path, force: bool) -> None:
     """Rename the finished temporary folder to ``out`` (replacing an old bundle with ``force``)."""
     old = None
     if out.exists():
         if not force:
             raise UserError(f"{out}: already exists (use --force to replace it)")
+        prove_bundle(out)
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
         os.replace(out, old)
     try:
@@ -437,6 +464,7 @@ def write_bundle(model: torch.nn.Module, out_dir: str | Path, *, source: SourceI
     mc: ModelConfig = model.vclip_config
     if out.exists() and not force:
         raise UserError(f"{out}: already exists (use --force to replace it)")
+    prove_bundle(out)
     prompt_paths = _check_prompts(prompts)
     report_data = _read_report(Path(report)) if report is not None else None
 
@@ -560,5 +588,5 @@ def check_shapes(folder: Path, cfg: BundleConfig, expected: Mapping[str, torch.T
 
 __all__ = ["BUNDLE_FORMAT", "BundleConfig", "CARD_FILE", "CONFIG_FILE", "FORMAT_VERSION", "ONNX_FILES",
            "PROMPTS_DIR", "REPORT_FILE", "SourceInfo", "TOWERS", "VOCAB_FILE", "WEIGHTS_FILE", "file_sha256",
-           "bundle_file", "check_config", "check_shapes", "check_weights", "is_bundle", "model_card", "read_bundle", "tower_of", "tower_state_dict", "verify_files",
+           "bundle_file", "check_config", "prove_bundle", "check_shapes", "check_weights", "is_bundle", "model_card", "read_bundle", "tower_of", "tower_state_dict", "verify_files",
            "write_bundle"]
