@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from cn_clip_ext.synth import generator as synth
 from cn_clip_ext.synth.captions import make_caption
@@ -248,6 +248,39 @@ def test_tessellation_rvo_and_laser_signs():
         assert changed.sum() > 400 and g_rvo.lesions["flame_haemorrhages"] >= 30
         treated, g_t = _render(seed, is_treated=1)
         assert g_t.lesions["laser_scars"] >= 30 and (np.abs(treated - normal).sum(axis=2) > 60).sum() > 1000
+
+
+def test_each_sharp_lesion_painter_draws_only_for_its_own_label():
+    """The lesion registry: with no label every painter draws nothing; a painter's own label makes it draw."""
+    from cn_clip_ext.synth import lesions
+    from cn_clip_ext.synth.anatomy import paint_anatomy, place_eye
+    from cn_clip_ext.synth.camera import SYNFUNDUS_CAMERA
+    from cn_clip_ext.synth.vessels import draw_vessels, vessel_tree
+
+    own = {"_laser_scars": {"is_treated": 1}, "_pigment_clumps": {"is_crp": 1}, "_macular_mottling": {"is_md": 1},
+           "_macular_hole": {"is_mh": 1}, "_diabetic": {"dr_grade": 4}, "_flame_haemorrhages": {"is_rvo": 1},
+           "_splinter_haemorrhages": {"is_htr": 1}}
+    assert [p.__name__ for p in lesions.SHARP_LESIONS] == list(own)
+
+    def scene(labels):
+        rng = np.random.default_rng(5)
+        eye = place_eye(rng, labels, 128, SYNFUNDUS_CAMERA)
+        anatomy = paint_anatomy(rng, eye, labels, SYNFUNDUS_CAMERA)
+        vessels = vessel_tree(rng, eye, False)
+        lesion_rng = np.random.default_rng(6)
+        occluded = lesions.occlude_vein(lesion_rng, vessels) if labels.get("is_rvo") else None
+        pic = draw_vessels(anatomy, eye, vessels)
+        return pic, lesions.Scene(ImageDraw.Draw(pic), eye, labels, lesion_rng, vessels, occluded)
+
+    for paint in lesions.SHARP_LESIONS:
+        pic, sc = scene({"eyes_side": 1, "dr_grade": 0})
+        before = np.asarray(pic).copy()
+        assert paint(sc) == {} and np.array_equal(np.asarray(pic), before), paint.__name__
+        pic, sc = scene({"eyes_side": 1, "dr_grade": 0, **own[paint.__name__]})
+        before = np.asarray(pic).copy()
+        counts = paint(sc)
+        assert counts and all(n >= 1 for n in counts.values()), paint.__name__
+        assert (np.abs(np.asarray(pic).astype(int) - before).sum(axis=2) > 0).sum() > 20, paint.__name__
 
 
 # --------------------------------------------------------------------------- evaluation sets
