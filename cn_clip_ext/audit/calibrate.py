@@ -89,11 +89,6 @@ class Calibration:
         """``(largest copy distance, smallest distinct distance)``: a threshold goes between."""
         return max(self.copy_max_hash.values()), self.distinct_min_hash
 
-    def cosine_window(self) -> tuple[float, float | None]:
-        return (min(self.copy_min_cosine.values()) if self.copy_min_cosine else float("nan"),
-                self.distinct_max_cosine)
-
-
 def _features(images: Sequence[Image.Image], rotations: Sequence[float], encoder: Encoder | None):
     codes = np.stack([np.stack([hash_view(fov_view(im, VIEW_SIZE, r)) for r in rotations]) for im in images])
     emb = None

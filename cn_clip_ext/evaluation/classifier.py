@@ -4,7 +4,7 @@ A class embedding is the mean of its L2-normalised prompt embeddings, renormalis
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,22 +25,9 @@ def class_embeddings(encode_text: Callable[[torch.Tensor], torch.Tensor], tokeni
     return torch.stack([F.normalize(g.mean(0), dim=-1) for g in groups])
 
 
-def expand_prompts(classnames: Sequence[str], templates: Sequence[str]) -> list[list[str]]:
-    """Every template (with one ``{}``) filled with every class name, grouped by class."""
-    return [[t.format(name) for t in templates] for name in classnames]
-
-
 def predict(image_features: torch.Tensor, class_emb: torch.Tensor) -> torch.Tensor:
     """Index of the most similar class for each (normalised) image feature."""
     return (F.normalize(image_features.float(), dim=-1) @ class_emb.t().to(image_features.device)).argmax(-1)
 
 
-def zeroshot_task_prompts(task: Mapping[str, Sequence[str]] | Sequence[str],
-                          templates: Sequence[str] = ("{}",)) -> list[list[str]]:
-    """Prompts per class for a task given as class names or as {class name: prompts}."""
-    if isinstance(task, Mapping):
-        return [list(v) for v in task.values()]
-    return expand_prompts(list(task), templates)
-
-
-__all__ = ["class_embeddings", "expand_prompts", "predict", "zeroshot_task_prompts"]
+__all__ = ["class_embeddings", "predict"]

@@ -335,7 +335,3 @@ def load_eval_set(spec: DatasetSpec, root: str | Path) -> EvalSet:
     splits = tuple(item[2] if len(item) > 2 else "" for item in raw) if any(len(i) > 2 for i in raw) else None
     return EvalSet(spec.name, classes, tuple(item[0] for item in raw), tuple(labels), spec.graded, opener,
                    splits)
-
-
-def available_readers() -> Sequence[str]:
-    return sorted(READERS)

@@ -132,8 +132,6 @@ class TrainConfig:
             raise UserError(f"{path}: a training config must be a mapping of keys to values")
         return cls.from_dict(values, base)
 
-    from_json = from_file
-
     def override(self, **values: Any) -> "TrainConfig":
         """A copy with some keys replaced (type-checked like :meth:`from_dict`)."""
         return self.from_dict(values, base=self)
@@ -145,14 +143,6 @@ class TrainConfig:
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-    @staticmethod
-    def help_of(name: str) -> str:
-        for f in fields(TrainConfig):
-            if f.name == name:
-                return str(f.metadata.get("help", ""))
-        raise KeyError(name)
-
 
 def _strip_optional(tp: Any) -> tuple[Any, bool]:
     if typing.get_origin(tp) in (typing.Union, types.UnionType):

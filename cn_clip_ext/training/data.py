@@ -10,7 +10,6 @@ to one integer per item (``-1`` or NaN = unknown), e.g. columns of the SynFundus
 from __future__ import annotations
 
 import logging
-import math
 import random
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -169,16 +168,6 @@ def steps_per_epoch(num_items: int, batch_size: int, world_size: int, accum_step
     return (num_items // (batch_size * world_size)) // accum_steps
 
 
-def total_steps(num_items: int, batch_size: int, world_size: int, accum_steps: int, epochs: int,
-                max_steps: int | None) -> int:
-    per_epoch = steps_per_epoch(num_items, batch_size, world_size, accum_steps)
-    return max_steps if max_steps is not None else per_epoch * epochs
-
-
-def ceil_div(a: int, b: int) -> int:
-    return int(math.ceil(a / b))
-
-
 __all__ = ["LabelColumns", "LabelledDataset", "ResumableSampler", "SeededDataset", "TOY_CAPTIONS", "TensorPairs", "batch_seed",
            "item_seed", "make_toy_pairs",
-           "parse_toy_spec", "steps_per_epoch", "toy_splits", "total_steps"]
+           "parse_toy_spec", "steps_per_epoch", "toy_splits"]

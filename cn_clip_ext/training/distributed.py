@@ -91,15 +91,6 @@ def all_gather_object(obj):
     return out
 
 
-def broadcast_object(obj, src: int = 0):
-    """Rank ``src``'s ``obj`` on every rank."""
-    if not is_dist():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
-
-
 def all_gather_tensor(t: torch.Tensor) -> torch.Tensor:
     """Concatenate equally shaped tensors from all ranks along dim 0 (no gradient)."""
     if not is_dist():
@@ -109,14 +100,5 @@ def all_gather_tensor(t: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, 0)
 
 
-def reduce_mean(value: float, device: torch.device) -> float:
-    """The mean of a Python number over ranks."""
-    if not is_dist():
-        return float(value)
-    t = torch.tensor([float(value)], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return float(t.item()) / dist.get_world_size()
-
-
-__all__ = ["DistEnv", "all_gather_object", "all_gather_tensor", "barrier", "broadcast_object", "cleanup",
-           "init_distributed", "is_dist", "pick_device", "reduce_mean"]
+__all__ = ["DistEnv", "all_gather_object", "all_gather_tensor", "barrier", "cleanup",
+           "init_distributed", "is_dist", "pick_device"]

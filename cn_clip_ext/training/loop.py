@@ -103,10 +103,7 @@ def build_datasets(config: TrainConfig, train_tf: Any, eval_tf: Any, image_size:
     root = Path(config.data)
     if not (root / "train").is_dir():
         raise UserError(f"{root}: no train/ LMDB split here (expected {root}/train/imgs and {root}/train/pairs)")
-    try:
-        from ..lmdb.reader import open_lmdb_dataset  # the other half of the data pipeline
-    except ImportError:
-        raise UserError("cn_clip_ext.lmdb.reader is not available in this installation") from None
+    from ..lmdb.reader import open_lmdb_dataset  # not imported for toy data
     tokenizer = get_tokenizer(config.model, context_length=config.context_length)
 
     def open_split(split: str, transform: Any) -> Dataset:
