@@ -38,6 +38,7 @@ from ..files import check_input_file, read_structured
 from .tokenizer import vocab_path, vocab_sha256
 from .transforms import CLIP_MEAN, CLIP_STD, PREPROCESS_MODES
 from .tripartite import LOGIT_SCALES, SINGLE_EYE_HEADS, TripartiteCLIP
+from .weights import is_pooler
 
 logger = logging.getLogger(__name__)
 
@@ -233,7 +234,7 @@ def tower_state_dict(model: torch.nn.Module, towers: Sequence[str] = TOWERS,
     out = {}
     for key, value in model.state_dict().items():
         tower = tower_of(key)
-        if "bert.pooler" in key or (tower is not None and tower not in towers):
+        if is_pooler(key) or (tower is not None and tower not in towers):
             continue
         if tower is None and key not in _SHARED_KEYS:
             logger.debug("keeping unassigned key %s", key)

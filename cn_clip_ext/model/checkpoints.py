@@ -19,7 +19,8 @@ import torch
 
 from ..errors import UserError, describe
 from .factory import UnknownModelError, add_model_config, create_model, get_model_config
-from .tripartite import create_tripartite_model, is_tripartite_state, retclip_state_to_ours
+from .tripartite import create_tripartite_model, is_tripartite_state
+from .weights import load_lenient, load_strict, retclip_state_to_ours, strip_module, without
 
 logger = logging.getLogger(__name__)
 
@@ -47,12 +48,6 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise UserError(f"{path}: not a training checkpoint (no 'state_dict' key)")
     return ckpt
-
-
-def strip_module(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Drop the ``module.`` prefix DDP adds (cn_clip's checkpoints carry it)."""
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state_dict.items()}
-
 
 
 @dataclass(frozen=True)
@@ -112,47 +107,26 @@ FORMATS: tuple[CheckpointFormat, ...] = (
 """Checkpoint formats in matching order (our trainer's first, cn_clip's as the fallback)."""
 
 
-def _load_strict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], path: str | Path, name: str) -> None:
-    """Every weight must come from the file: the model may be built on the meta device (no random
-    initialisation to overwrite) and takes the file's tensors as they are."""
-    result = model.load_state_dict(state, strict=False, assign=True)
-    missing = [k for k in result.missing_keys if "bert.pooler" not in k]
-    if len(state) == len(result.unexpected_keys):
-        raise UserError(f"{path}: no weights match architecture {name}")
-    if missing or result.unexpected_keys:
-        example = (missing or result.unexpected_keys)[0]
-        raise UserError(f"{path}: weights do not fit {name} ({len(missing)} missing, "
-                        f"{len(result.unexpected_keys)} unexpected, e.g. {example!r})")
-
-
-def _load_lenient(model: torch.nn.Module, state: Mapping[str, torch.Tensor], path: str | Path, name: str) -> None:
-    """Load every key whose name and shape fit; log the rest; nothing fitting is an error."""
-    own = model.state_dict()
-    wrong_shape = sorted(k for k, v in state.items() if k in own and tuple(own[k].shape) != tuple(v.shape))
-    fitting = {k: v for k, v in state.items() if k in own and k not in wrong_shape}
-    if not fitting:
-        raise UserError(f"{path}: no weights match architecture {name} ({len(state)} keys in the file, e.g. "
-                        f"{next(iter(state), '')!r})")
-    result = model.load_state_dict(fitting, strict=False)
-    unexpected = sorted(k for k in state if k not in own)
-    logger.info("%s: loaded %d of %d tensors of %s", path, len(fitting), len(own), name)
-    for label, keys in (("missing (left as initialised)", result.missing_keys), ("unexpected (ignored)", unexpected),
-                        ("of another shape (ignored)", wrong_shape)):
-        if keys:
-            logger.warning("%s: %d keys %s, e.g. %s", path, len(keys), label, ", ".join(keys[:5]))
+def checkpoint_format(name: str) -> CheckpointFormat:
+    """The format called ``name`` (one of :data:`FORMATS`)."""
+    for fmt in FORMATS:
+        if fmt.name == name:
+            return fmt
+    raise UserError(f"unknown checkpoint format {name!r} (choose from {[f.name for f in FORMATS]})")
 
 
 def load_checkpoint_full(path: str | Path, model_name: str | None = None,
-                         device: str | torch.device = "cpu") -> LoadedCheckpoint:
+                         device: str | torch.device = "cpu", format: str | None = None) -> LoadedCheckpoint:
     """Build the model of a checkpoint (eval mode, fp32) and keep its config, step and epoch.
 
+    ``format`` (a name in :data:`FORMATS`) reads the file as that format; ``None`` recognises it.
     A state dict with RET-CLIP's heads builds a :class:`~cn_clip_ext.model.tripartite.TripartiteCLIP`.
     """
     ckpt = load_checkpoint(path, allow_bare=True)
     config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
     raw = strip_module(ckpt["state_dict"])
-    fmt = next(f for f in FORMATS if f.matches(ckpt, raw))
-    state = {k: v for k, v in fmt.rename(raw).items() if "bert.pooler" not in k}
+    fmt = checkpoint_format(format) if format else next(f for f in FORMATS if f.matches(ckpt, raw))
+    state = without(fmt.rename(raw))
     name = model_name or config.get("model") or fmt.default_model
     if not name:
         raise UserError(f"{path}: the checkpoint does not record its architecture; pass the model name "
@@ -166,7 +140,10 @@ def load_checkpoint_full(path: str | Path, model_name: str | None = None,
                       device="meta" if fmt.strict else "cpu")
     except (UnknownModelError, ValueError) as exc:
         raise UserError(f"{path}: {exc}") from None
-    (_load_strict if fmt.strict else _load_lenient)(model, state, path, name)
+    if fmt.strict:
+        load_strict(model, state, path, name)
+    else:
+        load_lenient(model, state, path, name)
     return LoadedCheckpoint(model.float().to(device).eval(), name, dict(config),
                             _as_int(ckpt.get("step")), _as_int(ckpt.get("epoch")), fmt.name)
 

@@ -150,6 +150,24 @@ def get_model_config(name: str, context_length: int = 52) -> ModelConfig:
     return ModelConfig(name, _VISION[vision], _TEXT[text], context_length)
 
 
+def build_clip(config: ModelConfig, *, device: str | torch.device = "cpu", seed: int | None = None) -> torch.nn.Module:
+    """cn_clip's ``CLIP`` for a config, in fp32, with ``vclip_config`` attached.
+
+    On ``device="meta"`` nothing is allocated or initialised (shapes only: 3 s saved for RN50 on a
+    CPU when a file's weights are assigned next, see :func:`cn_clip_ext.model.weights.load_strict`).
+    Otherwise randomly initialised; ``seed`` makes that reproducible without touching the global RNG.
+    """
+    from cn_clip.clip.model import CLIP
+
+    where = torch.device("meta") if torch.device(device).type == "meta" else contextlib.nullcontext()
+    with torch.random.fork_rng(devices=[]), where:
+        if seed is not None:
+            torch.manual_seed(seed)
+        model = CLIP(**config.clip_kwargs())
+    model.vclip_config = config  # travels with the model for transforms, export and logs
+    return model.float().to(device)
+
+
 def create_model(name: str, *, device: str | torch.device = "cpu", seed: int | None = None,
                  context_length: int = 52) -> torch.nn.Module:
     """Build cn_clip's ``CLIP`` for ``name``, randomly initialised in fp32.
@@ -157,16 +175,7 @@ def create_model(name: str, *, device: str | torch.device = "cpu", seed: int | N
     ``seed`` makes the initialisation reproducible without touching the global RNG. On
     ``device="meta"`` the model is built without allocating its weights (shapes only).
     """
-    from cn_clip.clip.model import CLIP
-
-    cfg = get_model_config(name, context_length)
-    where = torch.device("meta") if torch.device(device).type == "meta" else contextlib.nullcontext()
-    with torch.random.fork_rng(devices=[]), where:
-        if seed is not None:
-            torch.manual_seed(seed)
-        model = CLIP(**cfg.clip_kwargs())
-    model.vclip_config = cfg  # travels with the model for transforms, export and logs
-    return model.float().to(device)
+    return build_clip(get_model_config(name, context_length), device=device, seed=seed)
 
 
 def create_model_and_transforms(
@@ -199,6 +208,6 @@ def get_tokenizer(name: str | None = None, *, context_length: int | None = None,
 
 __all__ = [
     "CLIP_MEAN", "CLIP_STD", "VISIONCLIP", "VISIONCLIP_TINY", "ModelConfig", "UnknownModelError",
-    "add_model_config", "create_model", "create_model_and_transforms", "get_model_config",
+    "add_model_config", "build_clip", "create_model", "create_model_and_transforms", "get_model_config",
     "get_tokenizer", "list_models", "list_towers",
 ]

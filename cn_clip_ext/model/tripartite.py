@@ -24,7 +24,6 @@ is treated the same way, as a patient with only that eye: see :data:`SINGLE_EYE_
 from __future__ import annotations
 
 import logging
-import re
 from typing import Callable, Mapping, NamedTuple
 
 import torch
@@ -33,6 +32,7 @@ from torch import nn
 
 from ..errors import UserError
 from .factory import ModelConfig, create_model
+from .weights import retclip_state_to_ours  # noqa: F401  (the rename rule lives with the other rules)
 
 logger = logging.getLogger(__name__)
 
@@ -211,35 +211,6 @@ def create_tripartite_model(name: str, *, device: str | torch.device = "cpu", se
 def is_tripartite_state(state: Mapping[str, object]) -> bool:
     """Whether a (prefix-stripped) state dict has RET-CLIP's tripartite heads."""
     return TRIPARTITE_MARKER in state
-
-
-_FUSED_BERT_QKV = re.compile(r"^(bert\.encoder\.layer\.\d+\.attention\.)self\.Wqkv\.(weight|bias)$")
-_FUSED_BERT_OUT = re.compile(r"^(bert\.encoder\.layer\.\d+\.attention\.)self\.out_proj\.(weight|bias)$")
-_FUSED_VIT_QKV = re.compile(r"^(visual\.transformer\.resblocks\.\d+\.attn\.)Wqkv\.(weight|bias)$")
-
-
-def retclip_state_to_ours(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A RET-CLIP state dict in :class:`TripartiteCLIP`'s names.
-
-    The head and tower names are already ours; this drops DDP's ``module.`` prefix and BERT's
-    unused pooler, and undoes the flash-attention layout (fused ``Wqkv`` in the ViT and BERT
-    attention) that RET-CLIP writes when trained with ``--use-flash-attention``.
-    """
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        key = key[len("module."):] if key.startswith("module.") else key
-        if key.startswith("bert.pooler."):
-            continue
-        if m := _FUSED_BERT_QKV.match(key):
-            for part, chunk in zip(("query", "key", "value"), value.chunk(3)):
-                out[f"{m[1]}self.{part}.{m[2]}"] = chunk
-        elif m := _FUSED_BERT_OUT.match(key):
-            out[f"{m[1]}output.dense.{m[2]}"] = value
-        elif m := _FUSED_VIT_QKV.match(key):
-            out[f"{m[1]}in_proj_{m[2]}"] = value
-        else:
-            out[key] = value
-    return out
 
 
 __all__ = ["HEADS", "IMAGE_HEADS", "LOGIT_SCALES", "TEXT_HEADS", "SINGLE_EYE_HEADS", "SingleEyeHead", "TripartiteCLIP", "TripartiteOutput",

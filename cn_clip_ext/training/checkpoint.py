@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from ..errors import UserError, describe
-from ..model.checkpoints import load_checkpoint, strip_module  # noqa: F401  (the reading side lives with the model)
+from ..model.checkpoints import load_checkpoint  # noqa: F401  (the reading side lives with the model)
+from ..model.weights import strip_module  # noqa: F401
 
 logger = logging.getLogger(__name__)
 

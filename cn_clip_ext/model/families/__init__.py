@@ -1,0 +1,42 @@
+"""The registry of model families: one small adapter module each, all behind
+:func:`cn_clip_ext.load_pretrained` (``family=`` names one; ``None`` recognises the path).
+
+============  ==================================================================================
+``visionclip``  our bundles (safetensors + JSON folders) and training checkpoints
+``cn_clip``     Chinese-CLIP's own ``.pt`` checkpoints
+``retclip``     RET-CLIP's released weights (tripartite heads)
+============  ==================================================================================
+
+Add a family by writing a module with a :class:`~cn_clip_ext.model.families.base.Family` called
+``FAMILY`` and listing it in :data:`FAMILIES`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from types import MappingProxyType
+from typing import Mapping
+
+from ...errors import UserError
+from . import cn_clip, retclip, visionclip
+from .base import Family, Loaded
+
+FAMILIES: Mapping[str, Family] = MappingProxyType({f.name: f for f in (
+    visionclip.FAMILY, cn_clip.FAMILY, retclip.FAMILY)})
+"""Family name -> :class:`Family`."""
+
+
+def get_family(name: str) -> Family:
+    """The family called ``name``; a one-line :class:`UserError` naming the choices otherwise."""
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise UserError(f"unknown model family {name!r} (choose from {sorted(FAMILIES)})") from None
+
+
+def detect_family(path: Path) -> Family:
+    """The family ``family=None`` loads ``path`` with: a bundle folder, or a checkpoint file of the cn_clip
+    family recognised by its contents (ours, Chinese-CLIP's or RET-CLIP's)."""
+    return visionclip.RECOGNISED
+
+
+__all__ = ["FAMILIES", "Family", "Loaded", "detect_family", "get_family"]
