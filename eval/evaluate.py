@@ -12,6 +12,8 @@ from cn_clip_ext.cli import device_arg, run_program, setup_logging
 from cn_clip_ext.errors import UserError
 from cn_clip_ext.evaluation import (ClassEmbedder, encode_images, k_shot, linear_probe, load_dataset_table,
                                     load_eval_set, load_prompt_set, probe_split, write_reports, zero_shot_features)
+from cn_clip_ext.evaluation.image_lists import apply_image_list
+from cn_clip_ext.evaluation.multilabel import multilabel_zero_shot
 from cn_clip_ext.evaluation.probe import PROBE_MODES
 from cn_clip_ext.evaluation.resources import DATASETS_TABLE, PROMPTS_DIR
 from cn_clip_ext.model.factory import UnknownModelError
@@ -73,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output folder for the reports; a later evaluation into it replaces the files its "
                         "manifest lists, and refuses to overwrite report files that no manifest lists")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--image-list", action="append", default=[], metavar="NAME=FILE",
+                   help="evaluate dataset NAME on the images a list names (a CSV with an 'image' column, such as "
+                        "FLAIR's partition tables, or one path a line); repeatable")
     p.add_argument("--exclude", type=Path, metavar="FILE",
                    help="image references to leave out (vclip-audit's exclude.txt): each affected dataset is "
                         "also reported without them, as 'NAME (excl. N suspicious)'")
@@ -141,6 +146,19 @@ def _datasets(args: argparse.Namespace, table) -> dict[str, Path]:
     return chosen
 
 
+def _image_lists(args: argparse.Namespace, sets: dict) -> dict:
+    """``--image-list NAME=FILE``: dataset NAME restricted to the listed images."""
+    out = {}
+    for item in args.image_list:
+        name, sep, path = item.partition("=")
+        if not sep or not path:
+            raise UserError(f"--image-list {item!r}: expected NAME=FILE")
+        if name not in sets:
+            raise UserError(f"--image-list {item!r}: {name!r} is not a dataset given with --data (given: {sorted(sets)})")
+        out[name] = apply_image_list(sets[name], path)
+    return out
+
+
 def _models(args: argparse.Namespace):
     """Yield ``(label, model, architecture)`` one at a time (one model in memory at once)."""
     for label, model, arch, _ in _sourced_models(args):
@@ -198,6 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         table = load_dataset_table(args.datasets_table)
         prompts = load_prompt_set(_prompt_path(args.prompts))
         sets = {name: load_eval_set(table[name], root) for name, root in _datasets(args, table).items()}
+        sets.update(_image_lists(args, sets))
         if args.exclude is not None:
             from cn_clip_ext.audit.exclude import exclusion_sets
 
@@ -207,11 +226,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         workers = decode_workers(args.batch_size, args.workers, args.device)
         if not 0 < args.probe_train_fraction < 1:
             raise UserError(f"--probe-train-fraction must be between 0 and 1, got {args.probe_train_fraction}")
-        splits = {name: probe_split(s, args.probe_train_fraction, args.probe_seed) for name, s in sets.items()} \
-            if args.probe else {}
+        splits = {name: probe_split(s, args.probe_train_fraction, args.probe_seed) for name, s in sets.items()
+                  if not s.multi_label} if args.probe else {}
         seeds = tuple(range(args.probe_seed, args.probe_seed + max(1, args.probe_seeds)))
         check_replaceable(args.out, REPORT_KIND, REPORT_FILES)
-        results, linear, kshot, records = {}, {}, {}, {}
+        results, linear, kshot, records, multilabel = {}, {}, {}, {}, {}
         for label, model, arch, record in _sourced_models(args):
             model.eval()
             records[label] = record
@@ -225,6 +244,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 with image_size_limit(args.max_image_mb):
                     feats = encode_images(model, s, transform, args.batch_size, workers, args.device,
                                           progress=not args.quiet)
+                if s.multi_label:
+                    m = multilabel.setdefault(label, {})[name] = multilabel_zero_shot(
+                        model, tokenizer, s, prompts, feats, args.device, args.bootstrap, embedder)
+                    logger.info("%s on %s (multi-label): macro AUC %.3f, mAP %.3f", label, name,
+                                m.metrics["macro_auc"], m.metrics["map"])
+                    if args.probe:
+                        logger.warning("%s: multi-label; no linear probe or k-shot", name)
+                    continue
                 r = results[label][name] = zero_shot_features(model, tokenizer, s, prompts, feats, args.device,
                                                               args.bootstrap, embedder)
                 logger.info("%s on %s: balanced accuracy %.3f, top-1 %.3f", label, name,
@@ -252,8 +279,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             meta["probe"] = {"modes": list(args.probe), "seed": args.probe_seed, "kshot_seeds": list(seeds),
                              "shots": list(args.shots), "train_fraction": args.probe_train_fraction,
                              "splits": {n: sp.source for n, sp in splits.items()}}
+        if args.image_list:
+            meta["image_lists"] = dict(item.partition("=")[::2] for item in args.image_list)
         write_reports(results, sets, args.out, meta=meta, linear=linear or None, kshot=kshot or None,
-                      models=records)
+                      models=records, multilabel=multilabel or None)
         print((args.out / "table.md").read_text(encoding="utf-8"))
         return 0
 

@@ -1,5 +1,6 @@
 """Zero-shot, linear-probe and k-shot evaluation: dataset readers, prompt ensembles, scores, reports."""
 from . import synfundus as _synfundus  # noqa: F401  (registers the "synfundus" reader)
+from . import published as _published  # noqa: F401  (registers the published-layout readers)
 from .datasets import READERS, DatasetSpec, EvalSet, load_dataset_table, load_eval_set
 from .probe import KShotResult, ProbeSplit, k_shot, linear_probe, probe_split
 from .prompts import PromptSet, load_prompt_set

@@ -49,6 +49,9 @@ class EvalSet:
     open_image: Callable[[str], Image.Image] = field(default=None, repr=False)  # type: ignore[assignment]
     splits: tuple[str, ...] | None = field(default=None, repr=False)
     """The published split of each image (``"train"``, ``"test"`` ...) where the layout has one."""
+    multi_label: bool = False
+    """Each image may have several classes: then each label is a bit mask (bit ``k`` set = class
+    ``k`` present; see :func:`cn_clip_ext.evaluation.multilabel.label_matrix`)."""
 
     def __len__(self) -> int:
         return len(self.images)
@@ -71,8 +74,9 @@ class EvalSet:
                        splits=None if self.splits is None else tuple(self.splits[i] for i in indices))
 
 
-RawItems = list[tuple[str, ...]]
-"""``(image path or key, raw label as text)`` or ``(..., split name)`` when the layout has splits."""
+RawItems = list[tuple]
+"""``(image path or key, raw label as text)`` or ``(..., split name)`` when the layout has splits;
+for a multi-label entry the raw label is the tuple of the image's raw labels."""
 Reader = Callable[[Path, DatasetSpec], "RawItems | tuple[RawItems, Callable[[str], Image.Image]]"]
 
 
@@ -327,11 +331,13 @@ def load_eval_set(spec: DatasetSpec, root: str | Path) -> EvalSet:
     keys = list(spec.classes)
     classes = tuple(spec.classes[k] for k in keys)
     index = {k: i for i, k in enumerate(keys)}
+    multi = bool(spec.options.get("multi_label"))
     labels = []
     for ref, label, *_ in raw:
-        if label not in index:
-            raise UserError(f"{ref}: unknown label {label!r} for {spec.name!r} (expected one of {keys})")
-        labels.append(index[label])
+        for one in (label if multi else (label,)):
+            if one not in index:
+                raise UserError(f"{ref}: unknown label {one!r} for {spec.name!r} (expected one of {keys})")
+        labels.append(sum(1 << index[k] for k in set(label)) if multi else index[label])
     splits = tuple(item[2] if len(item) > 2 else "" for item in raw) if any(len(i) > 2 for i in raw) else None
-    return EvalSet(spec.name, classes, tuple(item[0] for item in raw), tuple(labels), spec.graded, opener,
-                   splits)
+    return EvalSet(spec.name, classes, tuple(item[0] for item in raw), tuple(labels), spec.graded and not multi,
+                   opener, splits, multi)

@@ -7,7 +7,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -168,15 +168,19 @@ def _plots(results: Results, eval_sets: Mapping[str, EvalSet], out: Path, tag: s
 
 REPORT_KIND = "eval-report"
 """The owner-marker kind of a ``vclip-eval --out`` folder (its manifest lists the report's files)."""
-REPORT_FILES = ("report.json", "table.md", "predictions__*.csv", "confusion__*.png")
+REPORT_FILES = ("report.json", "table.md", "predictions__*.csv", "confusion__*.png", "scores__*.csv")
 """The names a report writes: a later run replaces those its manifest lists and never overwrites others."""
 
 
 def write_reports(results: Results, eval_sets: Mapping[str, EvalSet], out_dir: str | Path,
                   meta: Mapping[str, object] | None = None, linear: Results | None = None,
                   kshot: KShotResults | None = None,
-                  models: Mapping[str, Mapping[str, object]] | None = None) -> Sequence[Path]:
+                  models: Mapping[str, Mapping[str, object]] | None = None,
+                  multilabel: Mapping[str, Mapping[str, Any]] | None = None) -> Sequence[Path]:
     """Write ``report.json``, ``table.md`` and per model and dataset a PNG and a CSV.
+
+    ``multilabel`` (model -> data set -> :class:`~.multilabel.MultiLabelResult`) adds a
+    ``multilabel`` JSON section, its Markdown table and a ``scores__*.csv`` per model and set.
 
     ``linear`` (scored on each set's test part) and ``kshot`` add their own JSON sections
     (``linear_probe``, ``kshot``) and Markdown tables; linear probes get ``__linear`` files.
@@ -186,13 +190,14 @@ def write_reports(results: Results, eval_sets: Mapping[str, EvalSet], out_dir: s
     """
     out = Path(out_dir)
     with replace_run_outputs(out, REPORT_KIND, REPORT_FILES, "report folder") as stage:
-        written = _write_reports(results, eval_sets, stage, meta, linear, kshot, models)
+        written = _write_reports(results, eval_sets, stage, meta, linear, kshot, models, multilabel)
     return [out / p.name for p in written]
 
 
 def _write_reports(results: Results, eval_sets: Mapping[str, EvalSet], out: Path,
                    meta: Mapping[str, object] | None, linear: Results | None, kshot: KShotResults | None,
-                   models: Mapping[str, Mapping[str, object]] | None) -> list[Path]:
+                   models: Mapping[str, Mapping[str, object]] | None,
+                   multilabel: Mapping[str, Mapping[str, Any]] | None = None) -> list[Path]:
     models = {label: dict(record) for label, record in (models or {}).items()}
 
     def rows(per_model: Results) -> dict:
@@ -211,6 +216,16 @@ def _write_reports(results: Results, eval_sets: Mapping[str, EvalSet], out: Path
         report["kshot"] = {m: {d: {str(r.shots): r.to_dict() for r in runs} for d, runs in per.items()}
                            for m, per in kshot.items()}
         table += "\n## k-shot linear probe (scored on the test part)\n\n" + kshot_table(kshot)
+    if multilabel:
+        from . import multilabel as ml
+
+        report["multilabel"] = {m: {d: ml.result_to_dict(r) for d, r in per.items()} for m, per in multilabel.items()}
+        table += "\n## multi-label zero-shot (per-class image-vs-prompt scores)\n\n" + ml.multilabel_table(multilabel)
+        for m, per in multilabel.items():
+            for d, r in per.items():
+                path = out / f"scores__{_slug(m)}__{d}.csv"
+                ml.write_multilabel_scores(r, path)
+                written.append(path)
     _atomic_write_text(out / "report.json", json.dumps(report, indent=2, ensure_ascii=False))
     _atomic_write_text(out / "table.md", table)
     return [out / "report.json", out / "table.md", *written]

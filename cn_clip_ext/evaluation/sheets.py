@@ -27,21 +27,22 @@ def cell_text(value: Any) -> str:
     return text[:-2] if text.endswith(".0") and text[:-2].lstrip("-").isdigit() else text
 
 
-def read_csv_rows(path: Path) -> Rows:
-    """Rows of a CSV in UTF-8 (with or without BOM) or GBK, as dictionaries."""
+def _csv_text(path: Path) -> str:
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise UserError(f"{path}: cannot read ({exc.strerror or exc})") from None
     for encoding in ("utf-8-sig", "gbk"):
         try:
-            text = raw.decode(encoding)
-            break
+            return raw.decode(encoding)
         except UnicodeDecodeError:
             continue
-    else:
-        raise UserError(f"{path}: not UTF-8 or GBK text")
-    reader = csv.DictReader(io.StringIO(text))
+    raise UserError(f"{path}: not UTF-8 or GBK text")
+
+
+def read_csv_rows(path: Path) -> Rows:
+    """Rows of a CSV in UTF-8 (with or without BOM) or GBK, as dictionaries."""
+    reader = csv.DictReader(io.StringIO(_csv_text(path)))
     return list(reader.fieldnames or []), list(reader)
 
 
@@ -60,7 +61,7 @@ def _rows_of(path: Path, grid: Iterable[Sequence[Any]]) -> Rows:
     return [h for h in header if h], rows
 
 
-def _read_xls(path: Path) -> Rows:
+def _read_xls(path: Path, rows_of=_rows_of) -> Rows:
     try:
         import xlrd
     except ImportError:
@@ -69,10 +70,10 @@ def _read_xls(path: Path) -> Rows:
         sheet = xlrd.open_workbook(str(path)).sheet_by_index(0)
     except Exception as exc:  # xlrd raises its own and struct errors for damaged files
         raise UserError(f"{path}: not a readable .xls file ({str(exc).splitlines()[0] if str(exc) else exc})") from None
-    return _rows_of(path, (sheet.row_values(r) for r in range(sheet.nrows)))
+    return rows_of(path, (sheet.row_values(r) for r in range(sheet.nrows)))
 
 
-def _read_xlsx(path: Path) -> Rows:
+def _read_xlsx(path: Path, rows_of=_rows_of) -> Rows:
     try:
         import openpyxl
     except ImportError:
@@ -82,7 +83,7 @@ def _read_xlsx(path: Path) -> Rows:
     except Exception as exc:  # zipfile, KeyError and openpyxl's own errors for damaged files
         raise UserError(f"{path}: not a readable .xlsx file ({str(exc).splitlines()[0] if str(exc) else exc})") from None
     try:
-        return _rows_of(path, book.worksheets[0].iter_rows(values_only=True))
+        return rows_of(path, book.worksheets[0].iter_rows(values_only=True))
     finally:
         book.close()
 
@@ -100,6 +101,28 @@ def read_sheet(path: str | Path) -> Rows:
     if suffix == ".xlsx":
         return _read_xlsx(path)
     raise UserError(f"{path}: unsupported table format (expected one of {SHEET_SUFFIXES})")
+
+
+def read_grid(path: str | Path) -> list[list[str]]:
+    """Every row of a ``.csv``, ``.xls`` or ``.xlsx`` table (its first sheet) as cell texts, with
+    no row taken as the header (for sheets whose header is not their first row, as PAPILA's)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return [[cell_text(v) for v in line] for line in csv.reader(io.StringIO(_csv_text(path)))]
+    grid: list[list[str]] = []
+
+    def collect(_: Path, lines: Iterable[Sequence[Any]]) -> Rows:
+        grid.extend([cell_text(v) for v in line] for line in lines)
+        return [], []
+
+    if suffix == ".xls":
+        _read_xls(path, collect)
+    elif suffix == ".xlsx":
+        _read_xlsx(path, collect)
+    else:
+        raise UserError(f"{path}: unsupported table format (expected one of {SHEET_SUFFIXES})")
+    return grid
 
 
 def find_column(columns: Sequence[str], *names: str) -> str | None:
