@@ -59,6 +59,7 @@ setup(
             "vclip-build-lmdb = vclip_data_prep.build_lmdb:main",
             "vclip-train = vclip_train.train:main",
             "vclip-eval = vclip_eval.evaluate:main",
+            "vclip-prompts = vclip_eval.prompts_cli:main",
             "vclip-audit = vclip_eval.audit:main",
             "vclip-export = vclip_export.export:main",
             "vclip-embed = vclip_export.embed:main",

@@ -15,6 +15,7 @@ from cn_clip_ext.evaluation import (ClassEmbedder, encode_images, k_shot, linear
 from cn_clip_ext.evaluation.image_lists import apply_image_list
 from cn_clip_ext.evaluation.multilabel import multilabel_zero_shot
 from cn_clip_ext.evaluation.probe import PROBE_MODES
+from cn_clip_ext.evaluation.prompts import PromptSet
 from cn_clip_ext.evaluation.resources import DATASETS_TABLE, PROMPTS_DIR
 from cn_clip_ext.model.factory import UnknownModelError
 from cn_clip_ext.model.inference import decode_workers
@@ -57,7 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--datasets-table", type=Path, default=DATASETS_TABLE,
                    help="YAML/JSON dataset table (default: the built-in table)")
     p.add_argument("--prompts", default="plain",
-                   help="prompt set: a built-in set name (plain, expert) or a YAML/JSON file")
+                   help="prompt set: a built-in set name (plain, expert), a YAML/JSON file, or mined:LMDB (mined "
+                        "on the fly from a vclip-build-lmdb output's train captions, as vclip-prompts mine does)")
+    p.add_argument("--corpus-lmdb", type=Path, metavar="LMDB",
+                   help="print how much of the prompt set's wording each class's captions in this training LMDB "
+                        "hold (vclip-prompts check), with a warning per class they do not speak for")
     p.add_argument("--preprocess", choices=sorted(PREPROCESS_MODES),
                    help="override the preprocessing recorded in each checkpoint or bundle (untrained models: fov); "
                         "fov: crop to the field of view and pad; squash: cn_clip's resize")
@@ -123,6 +128,16 @@ def _prompt_path(value: str) -> Path:
         names = sorted(p.stem for p in PROMPTS_DIR.glob("*.yaml"))
         raise UserError(f"unknown prompt set {value!r} (choose from {names} or give a file)")
     return candidate
+
+
+def _prompt_set(value: str, table) -> PromptSet:
+    """``--prompts``: a built-in set, a file, or ``mined:LMDB`` (classes without a mined phrase keep
+    the plain set's names)."""
+    if value.startswith("mined:"):
+        from cn_clip_ext.evaluation.mining import mine_from_lmdb
+
+        return mine_from_lmdb(value[len("mined:"):], table, load_prompt_set(_prompt_path("plain"))).prompts
+    return load_prompt_set(_prompt_path(value))
 
 
 def _datasets(args: argparse.Namespace, table) -> dict[str, Path]:
@@ -214,7 +229,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.checkpoint and not args.untrained:
             raise UserError("nothing to evaluate: give --checkpoint PATH or --untrained ARCH")
         table = load_dataset_table(args.datasets_table)
-        prompts = load_prompt_set(_prompt_path(args.prompts))
+        prompts = _prompt_set(args.prompts, table)
+        if args.corpus_lmdb is not None:
+            from cn_clip_ext.evaluation.mining import check, check_table, corpus_tasks, read_corpus
+
+            checks = check(read_corpus(args.corpus_lmdb), corpus_tasks(table), prompts)
+            print(check_table(checks, prompts.name))
         sets = {name: load_eval_set(table[name], root) for name, root in _datasets(args, table).items()}
         sets.update(_image_lists(args, sets))
         if args.exclude is not None:

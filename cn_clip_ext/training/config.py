@@ -70,7 +70,8 @@ class TrainConfig:
     zeroshot_labels: tuple[str, ...] = _doc("side-table labels for zero-shot balanced accuracy",
                                             ("dr_grade", "is_gc", "is_amd"))
     zeroshot_prompts: str | None = _doc(
-        "prompt set file (YAML/JSON) for zero-shot validation (vclip-train: vclip-eval's plain.yaml)", None)
+        "prompt set file (YAML/JSON) for zero-shot validation (vclip-train: vclip-eval's plain.yaml), or "
+        "'mined': mined from the training data's own captions and labels (as vclip-prompts mine does)", None)
     zeroshot_table: str | None = _doc(
         "dataset table whose synfundus entries map label values to prompt classes (vclip-train: "
         "vclip-eval's datasets.yaml)", None)

@@ -140,7 +140,7 @@ class Trainer:
         model, train_tf, eval_tf = create_model_and_transforms(
             c.model, seed=c.seed, context_length=c.context_length, preprocess=c.preprocess)
         self.tokenizer = get_tokenizer(c.model, context_length=c.context_length)
-        self.zs_prompts, self.zs_classes = (load_zeroshot_setup(c.zeroshot_prompts, c.zeroshot_table)
+        self.zs_prompts, self.zs_classes = (load_zeroshot_setup(c.zeroshot_prompts, c.zeroshot_table, c.data)
                                             if c.zeroshot_prompts and c.zeroshot_table else (None, None))
         if train_dataset is None:
             train_dataset, built_valid = build_datasets(c, train_tf, eval_tf, model.vclip_config.image_size)

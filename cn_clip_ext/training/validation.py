@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from ..errors import UserError
 from ..evaluation.datasets import load_dataset_table
 from ..evaluation.prompts import PromptSet, load_prompt_set
 from ..evaluation.synfundus import synfundus_label_classes
@@ -34,10 +35,31 @@ LabelClasses = Mapping[str, Mapping[str, str]]
 """Side-table column -> {label value as text -> prompt class key}."""
 
 
-def load_zeroshot_setup(prompts_path: str | Path, table_path: str | Path) -> tuple[PromptSet, LabelClasses]:
+MINED = "mined"
+"""``zeroshot_prompts`` value: prompts mined from the training data's own captions."""
+
+
+def load_zeroshot_setup(prompts_path: str | Path, table_path: str | Path,
+                        data_root: str | Path | None = None) -> tuple[PromptSet, LabelClasses]:
     """The prompt set and label -> class mapping for zero-shot validation, from a prompt file and
-    a dataset table (its ``synfundus`` entries)."""
-    return load_prompt_set(prompts_path), synfundus_label_classes(load_dataset_table(table_path))
+    a dataset table (its ``synfundus`` entries). ``prompts_path`` ``"mined"`` mines the set from the
+    captions of ``data_root``'s train split (``"mined:LMDB"`` from another build's), classes
+    without a mined phrase keeping the built-in plain set's names (see
+    :mod:`cn_clip_ext.evaluation.mining`)."""
+    table = load_dataset_table(table_path)
+    text = str(prompts_path)
+    if text == MINED or text.startswith(MINED + ":"):
+        from ..evaluation.mining import mine_from_lmdb
+        from ..evaluation.resources import prompt_set_path
+
+        root = text[len(MINED) + 1:] or data_root
+        if not root:
+            raise UserError("zeroshot_prompts 'mined' needs an LMDB training data root (or 'mined:LMDB')")
+        mined = mine_from_lmdb(root, table, load_prompt_set(prompt_set_path("plain")))
+        logger.info("zero-shot validation with prompts mined from %s (%d classes from the corpus)", root,
+                    len(mined.prompts.classes) - len(mined.fallback))
+        return mined.prompts, synfundus_label_classes(table)
+    return load_prompt_set(prompts_path), synfundus_label_classes(table)
 
 
 def _shard(n: int, world: int, rank: int) -> list[int]:

@@ -17,4 +17,18 @@ def builtin_prompt_sets() -> list[Path]:
     return sorted(PROMPTS_DIR.glob("*.yaml"))
 
 
-__all__ = ["DATASETS_TABLE", "PROMPTS_DIR", "RESOURCES", "builtin_prompt_sets"]
+def prompt_set_path(value: str | Path) -> Path:
+    """A prompt set named by the user: a ``.yaml``/``.yml``/``.json`` file, or a built-in set's name."""
+    from ...errors import UserError
+
+    path = Path(value)
+    if path.suffix in (".yaml", ".yml", ".json"):
+        return path
+    candidate = PROMPTS_DIR / f"{value}.yaml"
+    if not candidate.is_file():
+        names = [p.stem for p in builtin_prompt_sets()]
+        raise UserError(f"unknown prompt set {str(value)!r} (choose from {names} or give a file)")
+    return candidate
+
+
+__all__ = ["DATASETS_TABLE", "PROMPTS_DIR", "RESOURCES", "builtin_prompt_sets", "prompt_set_path"]
