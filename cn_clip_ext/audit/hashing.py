@@ -28,7 +28,7 @@ import imagehash
 import numpy as np
 from PIL import Image, ImageFilter
 
-from ..model.transforms import FOV_THRESHOLD, Geometry, place
+from ..model.transforms import FOV_THRESHOLD, Affine, place
 
 HASH_BITS = 512
 """pHash 256 bits + dHash 256 bits."""
@@ -84,7 +84,7 @@ def fov_view(image: Image.Image, size: int = VIEW_SIZE, rotation: float = 0.0) -
     image = image if image.mode == "RGB" else image.convert("RGB")
     cx, cy, r = fov_circle(image)
     box = (round(cx - r), round(cy - r), round(cx + r), round(cy + r))
-    return place(image.crop(box), size, "pad", Geometry(rotation_deg=rotation))
+    return place(image.crop(box), size, "pad", Affine(rotation_deg=rotation))
 
 
 def _disc_mask(size: int, radius: float = 0.85) -> np.ndarray:

@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from ..errors import UserError
 from ..model.inference import Decoded, SplitTransform, decoded, encode_batches
+from ..model.protocols import SingleEyeScaled
 from .classifier import class_embeddings
 from . import scores
 from .datasets import EvalSet
@@ -132,6 +133,6 @@ def zero_shot_features(model: torch.nn.Module, tokenizer: Callable, eval_set: Ev
     ``embedder`` per model and prompt set to encode shared classes once across data sets."""
     model.eval()
     class_emb = (embedder or ClassEmbedder(model, tokenizer, prompts, device))(eval_set.classes)
-    scale = getattr(model, "single_eye_scale", model.logit_scale)  # a tripartite model's chosen head
+    scale = model.single_eye_scale if isinstance(model, SingleEyeScaled) else model.logit_scale
     probs = classify(image_features, class_emb, float(scale.exp()))
     return score_predictions(eval_set, probs, n_resamples)

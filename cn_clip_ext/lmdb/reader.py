@@ -24,6 +24,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..model.tokenizer import Tokenizer
+from ..model.protocols import square_size
 from ..model.transforms import accepts_arrays, eval_transform, open_rgb, read_rgb
 from .unpickle import (  # noqa: F401  (re-exported)
     PairRecord, PatientRecord, RestrictedUnpickler, UnsafeRecordError, safe_loads_pair, safe_loads_patient,
@@ -118,8 +119,8 @@ class _LmdbSplit(Dataset):
     def _transformed(self, image_id: int | str) -> Any:
         """``transform`` of an image; JPEGs decode at a reduced scale no less than twice the
         transform's ``size`` when it has one (see :func:`~cn_clip_ext.model.transforms.open_rgb`)."""
-        size = getattr(self.transform, "size", None)
-        min_size = 2 * size if isinstance(size, int) else None
+        size = square_size(self.transform)
+        min_size = 2 * size if size is not None else None
         decode = read_rgb if accepts_arrays(self.transform) else open_rgb  # arrays: no PIL copy of the pixels
         return self.transform(decode(io.BytesIO(self.image_bytes(image_id)), min_size))
 

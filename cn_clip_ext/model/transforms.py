@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Callable, Union
@@ -94,7 +95,7 @@ PREPROCESS_MODES: dict[str, Callable[[np.ndarray], tuple[float, float, float, fl
 
 
 @dataclass(frozen=True)
-class Geometry:
+class Affine:
     """Rotation, zoom and shift applied on top of a preprocessing mode."""
 
     rotation_deg: float = 0.0
@@ -109,7 +110,7 @@ def box_reduce(image: np.ndarray, factor: int) -> np.ndarray:
     return cv2.resize(image[:h * factor, :w * factor], (w, h), interpolation=cv2.INTER_AREA)
 
 
-def place_array(image: RGBImage, size: int, mode: str = "fov", geometry: Geometry = Geometry()) -> np.ndarray:
+def place_array(image: RGBImage, size: int, mode: str = "fov", geometry: Affine = Affine()) -> np.ndarray:
     """``[size, size, 3]`` ``uint8`` RGB array showing the mode's input region, in one resampling.
 
     After an integer box reduction for large shrinks, one bilinear affine warp (OpenCV's, about
@@ -133,23 +134,24 @@ def place_array(image: RGBImage, size: int, mode: str = "fov", geometry: Geometr
                           borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
 
 
-def place(image: RGBImage, size: int, mode: str = "fov", geometry: Geometry = Geometry()) -> Image.Image:
+def place(image: RGBImage, size: int, mode: str = "fov", geometry: Affine = Affine()) -> Image.Image:
     """Square RGB image of ``size`` showing the mode's input region (:func:`place_array`)."""
     return Image.fromarray(place_array(image, size, mode, geometry), "RGB")
 
 
 def _open(fp: str | Path | IO[bytes]) -> tuple[Image.Image, bytes]:
     """PIL's lazy image of a file's bytes, and the bytes (for libspng)."""
-    if hasattr(fp, "read"):
-        data = fp.read()
-    else:  # a FIFO or device is refused before it is opened, an oversized file before it is read
+    named = isinstance(fp, (str, os.PathLike))
+    if named:  # a FIFO or device is refused before it is opened, an oversized file before it is read
         if Path(fp).exists():  # (a missing file stays a FileNotFoundError, as callers report it)
             check_input_file(fp, "image", max_image_bytes())
         data = Path(fp).read_bytes()
+    else:
+        data = fp.read()
     try:
         return Image.open(io.BytesIO(data)), data
     except UnidentifiedImageError:
-        name = getattr(fp, "name", None) if hasattr(fp, "read") else fp
+        name = fp if named else getattr(fp, "name", None)  # an open file's name, if it has one
         raise UnidentifiedImageError(f"cannot identify image file {str(name or 'in memory')!r}") from None
 
 
@@ -196,22 +198,27 @@ def to_normalized_tensor(image: RGBImage) -> torch.Tensor:
 
 def accepts_arrays(transform: object) -> bool:
     """Whether ``transform`` takes ``[H, W, 3]`` RGB arrays (from :func:`read_rgb`) as well as PIL images."""
-    return isinstance(transform, FundusPreprocess)
+    return isinstance(transform, FundusTransform)
 
 
-class FundusPreprocess:
-    """PIL image (any mode) -> square RGB PIL image of ``size`` by a named mode."""
+class FundusTransform:
+    """What the fundus transforms share: an output square of ``size`` pixels made by a named preprocessing
+    ``mode``, from a PIL image or an RGB array. Each subclass defines what its ``__call__`` returns."""
 
     def __init__(self, size: int, mode: str = "fov"):
         if mode not in PREPROCESS_MODES:
             raise ValueError(f"unknown preprocess mode {mode!r}; choose from {sorted(PREPROCESS_MODES)}")
         self.size, self.mode = size, mode
 
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(size={self.size}, mode={self.mode!r})"
+
+
+class FundusPreprocess(FundusTransform):
+    """PIL image (any mode) or RGB array -> square RGB PIL image of ``size`` by a named mode."""
+
     def __call__(self, image: RGBImage) -> Image.Image:
         return place(image, self.size, self.mode)
-
-    def __repr__(self) -> str:
-        return f"FundusPreprocess(size={self.size}, mode={self.mode!r})"
 
 
 @dataclass(frozen=True)
@@ -226,7 +233,7 @@ class AugmentConfig:
     saturation: float = 0.1
 
 
-class EvalTransform(FundusPreprocess):
+class EvalTransform(FundusTransform):
     """Deterministic: preprocessing, then CLIP normalisation.
 
     ``transform(image)`` is the normalised float tensor. Batched encoders may instead take
@@ -234,7 +241,7 @@ class EvalTransform(FundusPreprocess):
     and normalise whole batches with ``transform.batch_transform`` (same result).
     """
 
-    def __call__(self, image: RGBImage) -> torch.Tensor:  # type: ignore[override]
+    def __call__(self, image: RGBImage) -> torch.Tensor:
         return to_normalized_tensor(place_array(image, self.size, self.mode))
 
     def pixels(self, image: RGBImage) -> torch.Tensor:
@@ -245,9 +252,6 @@ class EvalTransform(FundusPreprocess):
     def batch_transform(self) -> "ColorJitterNormalize":
         """CLIP normalisation of a ``uint8`` batch from :meth:`pixels` (no jitter)."""
         return ColorJitterNormalize()
-
-    def __repr__(self) -> str:
-        return f"EvalTransform(size={self.size}, mode={self.mode!r})"
 
 
 class ColorJitterNormalize:
@@ -307,7 +311,7 @@ class ColorJitterNormalize:
         return f"ColorJitterNormalize(brightness={b}, contrast={c}, saturation={s})"
 
 
-class TrainTransform(FundusPreprocess):
+class TrainTransform(FundusTransform):
     """Preprocessing with random mild geometry per sample; colour jitter and normalisation per batch.
 
     ``transform(image)`` is a ``uint8`` ``[3, size, size]`` tensor (the one affine resampling, with a
@@ -325,9 +329,9 @@ class TrainTransform(FundusPreprocess):
     def _uniform(self, spread: float, centre: float = 0.0) -> float:
         return centre + spread * (2 * float(torch.rand(())) - 1) if spread else centre
 
-    def __call__(self, image: RGBImage) -> torch.Tensor:  # type: ignore[override]
+    def __call__(self, image: RGBImage) -> torch.Tensor:
         a = self.augment
-        geometry = Geometry(self._uniform(a.rotation_deg), self._uniform(a.scale, 1.0),
+        geometry = Affine(self._uniform(a.rotation_deg), self._uniform(a.scale, 1.0),
                             (self._uniform(a.translate), self._uniform(a.translate)))
         return to_uint8_tensor(place_array(image, self.size, self.mode, geometry))
 
@@ -344,3 +348,13 @@ def train_transform(size: int, augment: AugmentConfig = AugmentConfig(), preproc
     """Training transform: PIL image -> ``uint8`` tensor with mild random geometry; its
     ``batch_transform`` adds random colour and normalises a batch on the device."""
     return TrainTransform(size, augment, preprocess)
+
+
+def __getattr__(name: str) -> object:
+    if name == "Geometry":  # the previous release's name of Affine
+        import warnings
+
+        warnings.warn("cn_clip_ext.model.transforms.Geometry is now Affine; the old name goes in the next release",
+                      DeprecationWarning, stacklevel=2)
+        return Affine
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
@@ -110,6 +110,23 @@ class SeededDataset(Dataset):
         return getattr(self.dataset, name)
 
 
+@runtime_checkable
+class KindedData(Protocol):
+    """Training data that names the kind of its items (``"pairs"``, ``"patients"``); data that does not holds
+    image-caption pairs."""
+
+    @property
+    def kind(self) -> str: ...
+
+
+@runtime_checkable
+class ColumnLabelled(Protocol):
+    """A dataset with label columns (``name -> one int per item``): :class:`LabelledDataset`, the toy sets."""
+
+    @property
+    def labels(self) -> Mapping[str, Sequence[int]]: ...
+
+
 class LabelColumns(Mapping[str, list[int]]):
     """Label columns (``name -> one int per item``, ``-1`` unknown) of a dataset whose
     ``labels(index)`` returns a side-table row (as :class:`cn_clip_ext.lmdb.reader.LmdbPairDataset`
@@ -168,6 +185,6 @@ def steps_per_epoch(num_items: int, batch_size: int, world_size: int, accum_step
     return (num_items // (batch_size * world_size)) // accum_steps
 
 
-__all__ = ["LabelColumns", "LabelledDataset", "ResumableSampler", "SeededDataset", "TOY_CAPTIONS", "TensorPairs", "batch_seed",
+__all__ = ["ColumnLabelled", "KindedData", "LabelColumns", "LabelledDataset", "ResumableSampler", "SeededDataset", "TOY_CAPTIONS", "TensorPairs", "batch_seed",
            "item_seed", "make_toy_pairs",
            "parse_toy_spec", "steps_per_epoch", "toy_splits"]

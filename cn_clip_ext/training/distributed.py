@@ -13,6 +13,8 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DataParallel, DistributedDataParallel
 
 from ..devices import pick_device
 from ..errors import UserError
@@ -100,5 +102,10 @@ def all_gather_tensor(t: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, 0)
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a ``DistributedDataParallel`` (or ``DataParallel``) wrapper; any other as it is."""
+    return model.module if isinstance(model, (DistributedDataParallel, DataParallel)) else model
+
+
 __all__ = ["DistEnv", "all_gather_object", "all_gather_tensor", "barrier", "cleanup",
-           "init_distributed", "is_dist", "pick_device"]
+           "init_distributed", "is_dist", "pick_device", "unwrap"]

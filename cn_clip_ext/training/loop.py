@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import UserError, first_line
 from ..model.factory import add_model_config, create_model_and_transforms, get_tokenizer
+from ..model.protocols import BatchStep, logit_scale_names
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from ..synth.toys import toy_splits
@@ -115,9 +116,7 @@ def build_datasets(config: TrainConfig, train_tf: Any, eval_tf: Any, image_size:
     train = open_split("train", train_tf)
     valid = None
     if (root / "valid").is_dir():
-        valid = open_split("valid", eval_tf)
-        if callable(getattr(valid, "labels", None)):
-            valid = LabelledDataset(valid, config.valid_max_samples)
+        valid = LabelledDataset(open_split("valid", eval_tf), config.valid_max_samples)  # side-table columns
     else:
         logger.warning("%s: no valid/ split; validation is skipped", root)
     return train, valid
@@ -148,7 +147,7 @@ class Trainer:
         self.train_set, self.valid_set = train_dataset, valid_dataset
         self.objective = objective_for(train_dataset)
         # uint8 image batches (raw pixels from the train transform) get its device-side colour + normalisation
-        self.batch_transform = getattr(train_tf, "batch_transform", None)
+        self.batch_transform = train_tf.batch_transform if isinstance(train_tf, BatchStep) else None
         n = len(train_dataset)  # type: ignore[arg-type]
         self.steps_per_epoch = steps_per_epoch(n, c.batch_size, env.world_size, c.accum_steps)
         if self.steps_per_epoch < 1:
@@ -294,7 +293,7 @@ class Trainer:
         valid: dict[str, float] = {}
         self.model.train()
         objective = self.objective
-        scale_names = getattr(self.raw_model, "logit_scale_names", ("logit_scale",))
+        scale_names = logit_scale_names(self.raw_model)
         if env.is_main:
             logger.info("training %s (%s objective): %d steps (%d per epoch), global batch %d on %d process(es), "
                         "%s, output %s", c.model, objective.name, self.total_steps, self.steps_per_epoch,

@@ -11,7 +11,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .distributed import all_gather_tensor, is_dist
+from ..model.protocols import logit_scale_names
+from .distributed import all_gather_tensor, is_dist, unwrap
 
 LOGIT_SCALE_MAX = 4.6052  # ln(100): CLIP's clamp on the learnable log temperature
 
@@ -107,8 +108,8 @@ class TripartiteLoss(torch.nn.Module):
 def clamp_logit_scale(model: torch.nn.Module) -> None:
     """Keep every log temperature (``logit_scale``, and those a model lists in ``logit_scale_names``)
     in ``[0, ln 100]`` as CLIP does after each step."""
-    target = getattr(model, "module", model)
-    for name in getattr(target, "logit_scale_names", ("logit_scale",)):
+    target = unwrap(model)
+    for name in logit_scale_names(target):
         getattr(target, name).clamp_(0, LOGIT_SCALE_MAX)
 
 

@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..errors import UserError
+from .data import KindedData
 from .distributed import DistEnv
 from .validation import evaluate, evaluate_patients
 from .loss import ContrastiveLoss, TripartiteLoss
@@ -137,7 +138,7 @@ def get_objective(name: str) -> Objective:
 
 def objective_for(dataset: Dataset) -> Objective:
     """The objective for a dataset's ``kind`` (``"pairs"`` when it declares none)."""
-    kind = getattr(dataset, "kind", "pairs")
+    kind = dataset.kind if isinstance(dataset, KindedData) else "pairs"
     if kind not in BY_DATA_KIND:
         raise UserError(f"training data of kind {kind!r} has no objective; known kinds: {sorted(BY_DATA_KIND)}")
     return get_objective(BY_DATA_KIND[kind])
