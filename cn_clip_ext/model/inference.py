@@ -207,8 +207,9 @@ class FirstTokenAttentionPool(nn.Module):
 @contextlib.contextmanager
 def first_token_attention_pools(tower: nn.Module) -> Iterator[int]:
     """Inside the block, each cn_clip ``AttentionPool2d`` of ``tower`` (in eval mode) is wrapped in a
-    :class:`FirstTokenAttentionPool` (1.2x the tiny tower's CPU speed; no change for RN50, whose
-    pooling is a small part); yields how many, and puts the originals back after."""
+    :class:`FirstTokenAttentionPool` (RN50, the paper's model: 5 % fewer operations per image, the
+    pooling alone 1.8x and image encoding 1.3x as fast on the CPU, bench/bench_attnpool.py); yields
+    how many, and puts the originals back after."""
     from cn_clip.clip.model import AttentionPool2d
 
     names = [] if tower.training else [n for n, m in tower.named_modules() if isinstance(m, AttentionPool2d)]
