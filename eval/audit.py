@@ -80,21 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _eval_roots(args: argparse.Namespace, table) -> dict[str, Path]:
-    chosen: dict[str, Path] = {}
-    if args.data_root is not None:
-        if not args.data_root.is_dir():
-            raise UserError(f"{args.data_root}: --data-root folder not found")
-        chosen = {name: args.data_root / name for name in table if (args.data_root / name).is_dir()}
-    for item in args.data:
-        name, sep, root = item.partition("=")
-        if not sep:
-            raise UserError(f"--data {item!r}: expected NAME=ROOT")
-        if name not in table:
-            raise UserError(f"--data {item!r}: {name!r} is not in {args.datasets_table} (it has {sorted(table)})")
-        chosen[name] = Path(root)
-    if not chosen:
-        raise UserError("no evaluation set given: use --data NAME=ROOT or --data-root DIR")
-    return chosen
+    from cn_clip_ext.evaluation.datasets import chosen_roots
+
+    return chosen_roots(table, args.data_root, args.data, args.datasets_table, "evaluation set")
 
 
 def _cache_root(args: argparse.Namespace, corpus) -> Path:

@@ -10,6 +10,7 @@ from typing import Sequence
 from cn_clip_ext import create_model, eval_transform, get_tokenizer
 from cn_clip_ext.cli import device_arg, run_program, setup_logging
 from cn_clip_ext.errors import UserError
+from cn_clip_ext.evaluation.datasets import chosen_roots
 from cn_clip_ext.evaluation import (ClassEmbedder, encode_images, k_shot, linear_probe, load_dataset_table,
                                     load_eval_set, load_prompt_set, probe_split, write_reports, zero_shot_features)
 from cn_clip_ext.evaluation.probe import PROBE_MODES
@@ -121,24 +122,7 @@ def _prompt_path(value: str) -> Path:
 
 
 def _datasets(args: argparse.Namespace, table) -> dict[str, Path]:
-    chosen: dict[str, Path] = {}
-    if args.data_root is not None:
-        if not args.data_root.is_dir():
-            raise UserError(f"{args.data_root}: --data-root folder not found")
-        for name in table:
-            if (args.data_root / name).is_dir():
-                chosen[name] = args.data_root / name
-    for item in args.data:
-        name, sep, root = item.partition("=")
-        if not sep:
-            raise UserError(f"--data {item!r}: expected NAME=ROOT")
-        if name not in table:
-            raise UserError(f"--data {item!r}: {name!r} is not in {args.datasets_table} "
-                            f"(it has {sorted(table)})")
-        chosen[name] = Path(root)
-    if not chosen:
-        raise UserError("no dataset given: use --data NAME=ROOT or --data-root DIR")
-    return chosen
+    return chosen_roots(table, args.data_root, args.data, args.datasets_table, "dataset")
 
 
 def _models(args: argparse.Namespace):
