@@ -11,7 +11,8 @@ import io
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from ..errors import UserError
+from ..errors import UserError, first_line
+from ..files import check_input_file
 
 SHEET_SUFFIXES = (".csv", ".xls", ".xlsx")
 Rows = tuple[list[str], list[dict[str, str]]]
@@ -28,7 +29,9 @@ def cell_text(value: Any) -> str:
 
 
 def read_csv_rows(path: Path) -> Rows:
-    """Rows of a CSV in UTF-8 (with or without BOM) or GBK, as dictionaries."""
+    """Rows of a CSV in UTF-8 (with or without BOM) or GBK, as dictionaries; a FIFO or device is refused
+    unopened and an unterminated quote is an error (not one field swallowing the rest of the file)."""
+    check_input_file(path, "table")
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -41,8 +44,11 @@ def read_csv_rows(path: Path) -> Rows:
             continue
     else:
         raise UserError(f"{path}: not UTF-8 or GBK text")
-    reader = csv.DictReader(io.StringIO(text))
-    return list(reader.fieldnames or []), list(reader)
+    reader = csv.DictReader(io.StringIO(text), strict=True)
+    try:
+        return list(reader.fieldnames or []), list(reader)
+    except csv.Error as exc:
+        raise UserError(f"{path}: not a readable CSV table ({first_line(exc)}; an unterminated quote?)") from None
 
 
 def _rows_of(path: Path, grid: Iterable[Sequence[Any]]) -> Rows:
