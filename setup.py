@@ -24,7 +24,7 @@ setup(
     packages=find_namespace_packages(include=["cn_clip_ext", "cn_clip_ext.*"]) + list(PROGRAMS),
     package_dir=dict(PROGRAMS),
     package_data={"cn_clip_ext": ["model/model_configs/*.json", "evaluation/resources/prompts/*.yaml",
-                                  "evaluation/resources/datasets.yaml"]},
+                                  "evaluation/resources/prompts/en/*.yaml", "evaluation/resources/datasets.yaml"]},
     include_package_data=True,
     install_requires=[
         "torch>=1.13",
@@ -51,7 +51,8 @@ setup(
         "faiss-cpu",  # vclip-audit: nearest-neighbour search
     ],
     extras_require={
-        "test": ["pytest", "pandas", "scikit-image", "xlwt"],
+        "open_clip": ["open_clip_torch==3.3.0"],  # the open_clip family (CLIP, BiomedCLIP baselines)
+        "test": ["pytest", "pandas", "scikit-image", "xlwt", "open_clip_torch==3.3.0"],
     },
     entry_points={
         "console_scripts": [

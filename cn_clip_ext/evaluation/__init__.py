@@ -1,4 +1,5 @@
 """Zero-shot, linear-probe and k-shot evaluation: dataset readers, prompt ensembles, scores, reports."""
+from . import flair_lists as _flair_lists  # noqa: F401  (registers the "flair_csv" reader)
 from . import synfundus as _synfundus  # noqa: F401  (registers the "synfundus" reader)
 from .datasets import READERS, DatasetSpec, EvalSet, load_dataset_table, load_eval_set
 from .probe import KShotResult, ProbeSplit, k_shot, linear_probe, probe_split

@@ -175,8 +175,11 @@ REPORT_FILES = ("report.json", "table.md", "predictions__*.csv", "confusion__*.p
 def write_reports(results: Results, eval_sets: Mapping[str, EvalSet], out_dir: str | Path,
                   meta: Mapping[str, object] | None = None, linear: Results | None = None,
                   kshot: KShotResults | None = None,
-                  models: Mapping[str, Mapping[str, object]] | None = None) -> Sequence[Path]:
+                  models: Mapping[str, Mapping[str, object]] | None = None,
+                  table: str | None = None) -> Sequence[Path]:
     """Write ``report.json``, ``table.md`` and per model and dataset a PNG and a CSV.
+
+    ``table`` replaces the zero-shot Markdown table (e.g. the Table-1 table of several families).
 
     ``linear`` (scored on each set's test part) and ``kshot`` add their own JSON sections
     (``linear_probe``, ``kshot``) and Markdown tables; linear probes get ``__linear`` files.
@@ -186,13 +189,13 @@ def write_reports(results: Results, eval_sets: Mapping[str, EvalSet], out_dir: s
     """
     out = Path(out_dir)
     with replace_run_outputs(out, REPORT_KIND, REPORT_FILES, "report folder") as stage:
-        written = _write_reports(results, eval_sets, stage, meta, linear, kshot, models)
+        written = _write_reports(results, eval_sets, stage, meta, linear, kshot, models, table)
     return [out / p.name for p in written]
 
 
 def _write_reports(results: Results, eval_sets: Mapping[str, EvalSet], out: Path,
                    meta: Mapping[str, object] | None, linear: Results | None, kshot: KShotResults | None,
-                   models: Mapping[str, Mapping[str, object]] | None) -> list[Path]:
+                   models: Mapping[str, Mapping[str, object]] | None, table: str | None = None) -> list[Path]:
     models = {label: dict(record) for label, record in (models or {}).items()}
 
     def rows(per_model: Results) -> dict:
@@ -201,7 +204,7 @@ def _write_reports(results: Results, eval_sets: Mapping[str, EvalSet], out: Path
 
     written = _plots(results, eval_sets, out)
     report: dict = {"meta": dict(meta or {}), "models": models, "results": rows(results)}
-    table = markdown_table(results)
+    table = markdown_table(results) if table is None else table
     if linear:
         written += _plots(linear, eval_sets, out, "linear")
         report["linear_probe"] = rows(linear)

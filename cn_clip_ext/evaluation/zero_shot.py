@@ -14,7 +14,7 @@ from tqdm import tqdm
 from ..errors import UserError
 from ..model.inference import Decoded, SplitTransform, decoded, encode_batches
 from ..model.protocols import SingleEyeScaled
-from .classifier import class_embeddings
+from .classifier import class_embeddings, encodes_per_class
 from . import scores
 from .datasets import EvalSet
 from .prompts import PromptSet
@@ -120,7 +120,8 @@ class ClassEmbedder:
         todo = [k for k in dict.fromkeys(class_keys) if k not in self._done]
         if todo:
             self.model.eval()
-            emb = class_embeddings(self.model.encode_text, self.tokenizer, self.prompts.for_classes(todo), self.device)
+            emb = class_embeddings(self.model.encode_text, self.tokenizer, self.prompts.for_classes(todo), self.device,
+                                   per_class=encodes_per_class(self.model))
             self._done.update(zip(todo, emb.cpu()))
         return torch.stack([self._done[k] for k in class_keys])
 
