@@ -31,7 +31,8 @@ def _flag(name: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROG, description=__doc__.split("\n\n")[0] + " Reads RANK/WORLD_SIZE/LOCAL_RANK from torchrun.",
+        prog=PROG, description=__doc__.split("\n\n")[0] + " Reads RANK/WORLD_SIZE/LOCAL_RANK from torchrun, or "
+                           "SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID when srun starts one task per GPU.",
         epilog="Resume an interrupted run with '--resume auto' and the same --output-dir. Exit status 2 on "
                "bad input or a diverged (NaN) loss, with a one-line message.",
         formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
@@ -74,7 +75,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    if os.environ.get("RANK", "0") != "0" and not args.verbose:
+    if os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) != "0" and not args.verbose:
         logging.getLogger().setLevel(logging.WARNING)  # one rank's INFO is enough
 
     def body() -> int:

@@ -233,6 +233,10 @@ class AugmentConfig:
     saturation: float = 0.1
 
 
+NO_AUGMENT = AugmentConfig(rotation_deg=0.0, scale=0.0, translate=0.0, brightness=0.0, contrast=0.0, saturation=0.0)
+"""Training transforms without any random geometry or colour (``vclip-train --no-augment``)."""
+
+
 class EvalTransform(FundusTransform):
     """Deterministic: preprocessing, then CLIP normalisation.
 

@@ -45,11 +45,18 @@ class TrainConfig:
         "warm start from a cn_clip checkpoint file or a Hugging Face chinese-roberta-wwm-ext folder", None)
     grad_checkpointing: bool = _doc("activation checkpointing in both towers (saves GPU memory)", False)
     sync_bn: bool = _doc("convert BatchNorm to SyncBatchNorm when distributed on CUDA", False)
+    compile: bool = _doc("torch.compile the model (a one-time compile, then faster steps on CUDA)", False)
+    channels_last: bool = _doc("channels-last memory layout for the image tower and its input on CUDA", True)
+    deterministic: bool = _doc("deterministic CUDA kernels (slower): a resumed GPU run repeats its losses exactly",
+                               False)
     # data
     data: str | None = _doc("LMDB root with train/ and valid/ (or 'toy:N' for a generated in-memory set)", None)
     num_workers: int = _doc("DataLoader worker processes per rank", 4)
     batch_size: int = _doc("samples per process per micro-batch", 128)
-    accum_steps: int = _doc("micro-batches accumulated per optimizer step", 1)
+    accum_steps: int = _doc("micro-batches per optimizer step; the contrastive loss is over all of them "
+                            "(feature-cached accumulation: the same gradient as one K-times larger batch)", 1)
+    augment: bool = _doc("fundus-safe training augmentation (rotation, zoom, shift, colour); --no-augment: none",
+                         True)
     # schedule
     epochs: int = _doc("passes over the training split", 10)
     max_steps: int | None = _doc("optimizer steps in the schedule (overrides epochs)", None)

@@ -98,10 +98,21 @@ class TripartiteLoss(torch.nn.Module):
         img_r, txt_r = gather_features(out.image_right, out.text_right)
         has_l = all_gather_tensor(out.has_left.to(torch.uint8)).bool()
         has_r = all_gather_tensor(out.has_right.to(torch.uint8)).bool()
-        parts = {"global": clip_loss(img_g, txt_g, out.scale_global.mean()),
-                 "left": masked_clip_loss(img_l, txt_l, out.scale_left.mean(), has_l),
-                 "right": masked_clip_loss(img_r, txt_r, out.scale_right.mean(), has_r)}
-        return parts["global"] + parts["left"] + parts["right"], parts
+        rows = {"image_global": img_g, "text_global": txt_g, "image_left": img_l, "text_left": txt_l,
+                "image_right": img_r, "text_right": txt_r, "has_left": has_l, "has_right": has_r}
+        return tripartite_loss(rows, {"scale_global": out.scale_global, "scale_left": out.scale_left,
+                                      "scale_right": out.scale_right})
+
+
+def tripartite_loss(rows, scales) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """RET-CLIP's three-part loss of already gathered rows (``image_global`` ... ``has_right``) and
+    temperatures (``scale_global``, ``scale_left``, ``scale_right``); see :class:`TripartiteLoss`."""
+    parts = {"global": clip_loss(rows["image_global"], rows["text_global"], scales["scale_global"].mean()),
+             "left": masked_clip_loss(rows["image_left"], rows["text_left"], scales["scale_left"].mean(),
+                                      rows["has_left"].bool()),
+             "right": masked_clip_loss(rows["image_right"], rows["text_right"], scales["scale_right"].mean(),
+                                       rows["has_right"].bool())}
+    return parts["global"] + parts["left"] + parts["right"], parts
 
 
 @torch.no_grad()
@@ -114,4 +125,4 @@ def clamp_logit_scale(model: torch.nn.Module) -> None:
 
 
 __all__ = ["ContrastiveLoss", "LOGIT_SCALE_MAX", "TripartiteLoss", "clamp_logit_scale", "clip_loss",
-           "contrastive_logits", "gather_features", "masked_clip_loss"]
+           "contrastive_logits", "gather_features", "masked_clip_loss", "tripartite_loss"]
