@@ -38,7 +38,7 @@ def output_lock(folder: str | Path, what: str = "output folder") -> Iterator[Pat
     except FileExistsError:
         raise UserError(f"{folder}: exists and is not a folder; choose another {what}") from None
     except OSError as exc:
-        raise UserError(f"{folder}: cannot write the {what} ({exc.strerror or exc})") from None
+        raise write_failure(exc, folder, what) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -94,6 +94,24 @@ def prove_owned(folder: str | Path, kind: str, flag: str = "--overwrite") -> Non
         return
     raise UserError(f"{folder}: not a {kind} written by this toolkit (no {OWNER_FILE} marker); {flag} "
                     "removes only its own output: choose another folder or remove it yourself")
+
+
+def write_failure(exc: BaseException, path: str | Path, what: str = "output", retry: str = "") -> UserError:
+    """The one-line :class:`UserError` for an OS error while writing ``path``: the path, what went wrong
+    in words a user can act on (disk full, permission denied, a file in the way) and what to do."""
+    path = Path(getattr(exc, "filename", None) or path)
+    code = getattr(exc, "errno", None)
+    again = f"; {retry}" if retry else ""
+    if code in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return UserError(f"{path}: disk full (no space left on device) while writing the {what}; free some space "
+                         f"or choose another folder{again}")
+    if isinstance(exc, PermissionError) or code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        reason = "read-only file system" if code == errno.EROFS else "permission denied"
+        return UserError(f"{path}: {reason} while writing the {what}; choose another folder or make it "
+                         f"writable{again}")
+    if code in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
+        return UserError(f"{path}: a file or folder is in the way of the {what}; choose another folder")
+    return UserError(f"{path}: cannot write the {what} ({getattr(exc, 'strerror', None) or exc}){again}")
 
 
 def owner_record(folder: str | Path) -> dict | None:
@@ -158,9 +176,15 @@ def replace_run_outputs(folder: str | Path, kind: str, patterns: Sequence[str], 
     with output_lock(folder, what):
         check_replaceable(folder, kind, patterns, flag)
         previous = recorded_files(folder, kind)
-        stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder))
         try:
-            yield stage
+            stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder))
+        except OSError as exc:
+            raise write_failure(exc, folder, what) from None
+        try:
+            try:
+                yield stage
+            except OSError as exc:
+                raise write_failure(exc, folder, what) from None
             names = sorted(p.name for p in stage.iterdir() if p.is_file())
             write_owner_marker(folder, kind, files=sorted(previous | set(names)))
             for name in names:
@@ -170,9 +194,11 @@ def replace_run_outputs(folder: str | Path, kind: str, patterns: Sequence[str], 
                 if old.is_file() and not old.is_symlink():
                     old.unlink()
             write_owner_marker(folder, kind, files=names)
+        except OSError as exc:
+            raise write_failure(exc, folder, what) from None
         finally:
             shutil.rmtree(stage, ignore_errors=True)
 
 
 __all__ = ["LOCK_FILE", "OWNER_FILE", "check_replaceable", "output_lock", "owner_kind", "owner_record", "prove_owned",
-           "recorded_files", "replace_run_outputs", "unrecorded_outputs", "write_owner_marker"]
+           "recorded_files", "replace_run_outputs", "unrecorded_outputs", "write_failure", "write_owner_marker"]

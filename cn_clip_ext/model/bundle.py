@@ -35,6 +35,7 @@ import torch
 from ..errors import UserError, excerpt, first_line
 from .factory import ModelConfig
 from ..files import check_input_file, read_structured
+from ..outputs import write_failure
 from .tokenizer import vocab_path, vocab_sha256
 from .transforms import CLIP_MEAN, CLIP_STD, PREPROCESS_MODES
 from .tripartite import LOGIT_SCALES, SINGLE_EYE_HEADS, TripartiteCLIP
@@ -473,7 +474,7 @@ def write_bundle(model: torch.nn.Module, out_dir: str | Path, *, source: SourceI
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     except OSError as exc:
-        raise UserError(f"{out}: cannot create the bundle folder ({exc.strerror or exc})") from None
+        raise write_failure(exc, out, "bundle folder") from None
     try:
         state = tower_state_dict(model, towers, fp16)
         save_file(state, str(tmp / WEIGHTS_FILE),
@@ -506,7 +507,7 @@ def write_bundle(model: torch.nn.Module, out_dir: str | Path, *, source: SourceI
         _publish(tmp, out, force)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(f"{out}: cannot write the bundle ({exc.strerror or exc})") from None
+        raise write_failure(exc, out, "bundle") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
