@@ -80,7 +80,7 @@ class SeededDataset(Dataset):
 
     Random augmentations then depend only on which item is read in which epoch, not on the
     worker or on how far the loader had got, so a resumed run sees the same augmented samples.
-    Set :attr:`epoch` before creating the loader's iterator. In the loading process the previous
+    Set :attr:`epoch` before creating the loader's iterator, or pass ``(epoch, index)`` keys. In the loading process the previous
     RNG states are restored afterwards; a DataLoader worker's are simply left seeded.
     """
 
@@ -90,8 +90,10 @@ class SeededDataset(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, index: int) -> Any:
-        s = item_seed(self.seed, self.epoch, int(index))
+    def __getitem__(self, index: int | tuple[int, int]) -> Any:
+        # an ``(epoch, index)`` key (training_loader's persistent workers) carries its epoch
+        epoch, index = index if isinstance(index, tuple) else (self.epoch, index)
+        s = item_seed(self.seed, epoch, int(index))
         if get_worker_info() is not None:  # a DataLoader worker: nothing else draws from its RNGs
             _seed_host_rngs(s)
             return self.dataset[index]

@@ -43,6 +43,9 @@ from .shards import has_split, open_split as open_sharded_split
 from .progress import StepMeter, progress_bar, step_line, train_log
 from .speed import channels_last_images, compiled, configure_backends, image_tower_channels_last, uses_channels_last
 from .recorder import Recorder, anon_rss_mb, host_rss_mb
+from .loader import next_batch, shutdown, training_loader
+from .preemption import PREEMPTED_EXIT_STATUS, Preempted, StopSignals
+from .rundir import RunFolder, write_error
 from .warmstart import warm_start
 
 logger = logging.getLogger(__name__)
@@ -142,8 +145,7 @@ class Trainer:
             add_model_config(c.model_config_dir)
         self.out = Path(c.output_dir)
         self.ckpt_dir = self.out / "checkpoints"
-        if env.is_main:
-            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        self.folder: RunFolder | None = None
         seed_everything(c.seed + env.rank)
         model, train_tf, eval_tf = create_model_and_transforms(
             c.model, seed=c.seed, context_length=c.context_length, preprocess=c.preprocess,
@@ -164,9 +166,18 @@ class Trainer:
             raise UserError(f"the training split has {n} items, fewer than one optimizer step needs "
                             f"({c.batch_size} x {env.world_size} processes x {c.accum_steps} accumulation)")
         self.total_steps = c.max_steps if c.max_steps is not None else self.steps_per_epoch * c.epochs
+        self.folder = RunFolder.claim(self.out, env)  # after the data is known good: no empty folder
+        try:
+            self._setup(model, train_tf, n)
+        except BaseException:
+            self.folder.release(failed=True)
+            raise
 
+    def _setup(self, model: torch.nn.Module, train_tf: Any, n: int) -> None:
+        c, env = self.config, self.env
         resume_path = ckpt.find_resume(c.resume, self.ckpt_dir)
         state = ckpt.load_checkpoint(resume_path) if resume_path else None
+        self.folder.check(c, resume_path, state, n)  # type: ignore[union-attr]
         if state is None and c.warm_start:
             warm_start(model, c.warm_start)
         model = self.objective.prepare_model(model, c.seed)
@@ -197,7 +208,12 @@ class Trainer:
         if state is not None:
             self._restore(state, resume_path)  # type: ignore[arg-type]
         if env.is_main:
-            c.save(self.out / "config.json")
+            try:
+                self.folder.save_config(c, {  # type: ignore[union-attr]
+                    "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
+                    "epochs": round(self.total_steps / self.steps_per_epoch, 4)})
+            except OSError as exc:
+                raise write_error(exc, "run configuration (config.json)") from None
         self.recorder = Recorder(self.out, env.is_main, resume_step=self.step if state is not None else None,
                                  tensorboard=c.tensorboard)
 
@@ -244,7 +260,8 @@ class Trainer:
     def save(self) -> None:
         state = self._state()  # collective: every rank contributes its RNG state
         if self.env.is_main:
-            self.last_checkpoint = ckpt.save_checkpoint(state, self.ckpt_dir, self.step, self.config.keep_last)
+            self.last_checkpoint = self.folder.save(  # type: ignore[union-attr]
+                state, self.step, self.config.keep_last, self.last_checkpoint)
         barrier()
 
     # -- pieces --------------------------------------------------------------------------------
@@ -255,12 +272,8 @@ class Trainer:
 
     def _loader(self, sampler: ResumableSampler, seeded: SeededDataset) -> DataLoader:
         c = self.config
-        return DataLoader(
-            seeded, batch_size=c.batch_size, sampler=sampler, num_workers=c.num_workers, drop_last=True,
-            pin_memory=self.env.device.type == "cuda",
-            # the loader's own generator keeps worker seeding off the global RNG (dropout)
-            generator=torch.Generator().manual_seed(item_seed(c.seed, self.epoch, self.batch)),
-            prefetch_factor=4 if c.num_workers > 0 else None, persistent_workers=False)
+        return training_loader(seeded, sampler, c.batch_size, c.num_workers, self.env.device.type == "cuda",
+                               item_seed(c.seed, self.epoch, self.batch))
 
     def _device_batch(self, batch: Any) -> list[torch.Tensor]:
         """The micro-batch on the device; ``uint8`` images then go through :attr:`batch_transform`,
@@ -291,6 +304,15 @@ class Trainer:
     def _check_finite(self, loss: float) -> None:
         if not math.isfinite(loss):
             raise self._diverged(loss)
+
+    def _stop(self, signals: StopSignals) -> None:
+        """A stop signal arrived: checkpoint this step (unless just saved) and raise :class:`Preempted`."""
+        if self.last_checkpoint is None or self.last_checkpoint.name != ckpt.step_name(self.step):
+            self.save()
+        if self.env.is_main:
+            logger.warning("%s received: checkpoint %s written at step %d; exiting with status %d (resume with "
+                           "--resume auto)", signals.name, self.last_checkpoint, self.step, PREEMPTED_EXIT_STATUS)
+        raise Preempted(signals.name, self.step, self.last_checkpoint)
 
     def _diverged(self, loss: float) -> TrainingDiverged:
         where = (f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint
@@ -323,19 +345,21 @@ class Trainer:
                         global_batch, env.world_size, self.dtype or "fp32", self.out)
         bar = progress_bar(env.is_main and c.progress, self.total_steps, self.step)
         meter = StepMeter(global_batch, env.device)
+        loader = self._loader(sampler, seeded)
+        signals = StopSignals().__enter__()
         try:
             while self.step < stop:
                 if self.batch >= usable:
                     self.epoch, self.batch = self.epoch + 1, 0
                 sampler.set_epoch(self.epoch, self.batch)
                 seeded.epoch = self.epoch
-                batches = iter(self._loader(sampler, seeded))
+                batches = iter(loader)
                 while self.batch < usable and self.step < stop:
                     lr = float(self.schedule(self.step))
                     micro_batches = []
                     for _ in range(c.accum_steps):
                         with meter.waiting():
-                            raw = next(batches)
+                            raw = next_batch(batches)
                         micro_batches.append(self._device_batch(raw))
                         self.batch += 1
                     result = train_step(self.model, objective, micro_batches, self.autocast, self.scaler,
@@ -370,8 +394,12 @@ class Trainer:
                         valid = self.validate()
                     if self.step % c.save_every == 0 or finished:
                         self.save()
+                    if not finished and signals.requested(env):
+                        self._stop(signals)
                 del batches
         finally:
+            signals.__exit__()
+            shutdown(loader)
             if bar is not None:
                 bar.close()
             self.recorder.close()
@@ -387,9 +415,15 @@ def train(config: TrainConfig, train_dataset: Dataset | None = None,
           valid_dataset: Dataset | None = None) -> TrainResult:
     """Run (or resume) training as configured; joins torchrun's process group when there is one."""
     env = init_distributed(config.device)
+    trainer = None
     try:
-        return Trainer(config, env, train_dataset, valid_dataset).run()
+        trainer = Trainer(config, env, train_dataset, valid_dataset)
+        return trainer.run()
+    except OSError as exc:  # the disk filled up, the folder became read-only ...: one line, what to do
+        raise write_error(exc, "training output", trainer.last_checkpoint if trainer else None) from None
     finally:
+        if trainer is not None and trainer.folder is not None:
+            trainer.folder.release()
         cleanup(env)
 
 
