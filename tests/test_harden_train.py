@@ -260,6 +260,44 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint_resumable(t
     assert load_checkpoint(out / "checkpoints" / LATEST)["step"] == 4
 
 
+def test_disk_full_inside_torch_save_is_reported_as_disk_full(tmp_path, capsys, monkeypatch):
+    """The real torch.save path: the file's write fails with ENOSPC part-way (torch then raises a
+    RuntimeError from its zip writer's cleanup, with the OSError as its context)."""
+    import cn_clip_ext.training.checkpoint as ckpt
+
+    real_fdopen = os.fdopen
+
+    class FullDisk:
+        def __init__(self, fh):
+            self.fh, self.written = fh, 0
+
+        def write(self, data):
+            self.written += len(data)
+            if self.written > 4096 and state["full"]:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.fh.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.fh, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+
+    state = {"full": False}
+    monkeypatch.setattr(ckpt.os, "fdopen", lambda fd, mode: FullDisk(real_fdopen(fd, mode)))
+    out = tmp_path / "run"
+    assert main(_args(tmp_path, out, "--stop-after", "2")) == 0
+    state["full"] = True
+    assert main(_args(tmp_path, out, "--resume", "auto")) == 2
+    line = _error_line(capsys.readouterr().err, "disk full", "step_00000004.pt", "step_00000002.pt", "is intact")
+    assert str(out / "checkpoints" / "step_00000004.pt") in line
+    assert load_checkpoint(out / "checkpoints" / LATEST)["step"] == 2
+    assert not [p for p in (out / "checkpoints").iterdir() if p.name.endswith(".tmp")]
+
+
 @pytest.mark.parametrize("code,reason", [(errno.EROFS, "read-only file system"),
                                          (errno.EACCES, "permission denied"), (errno.ENOSPC, "disk full")])
 def test_os_errors_writing_logs_are_one_line(tmp_path, capsys, monkeypatch, code, reason):

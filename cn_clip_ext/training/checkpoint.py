@@ -57,7 +57,14 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
+            try:
+                torch.save(obj, fh)
+            except RuntimeError as exc:
+                # a full disk inside torch's zip writer surfaces as "unexpected pos" from its cleanup,
+                # with the OSError (ENOSPC) as the context: raise that, so callers see the real cause
+                if isinstance(exc.__context__, OSError):
+                    raise exc.__context__ from None
+                raise
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

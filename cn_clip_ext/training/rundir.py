@@ -76,11 +76,11 @@ _ADVICE = {
 }
 
 
-def write_error(exc: OSError, what: str, last_checkpoint: Path | None = None) -> UserError:
+def write_error(exc: OSError, what: str, last_checkpoint: Path | None = None, path: Path | None = None) -> UserError:
     """A one-line :class:`UserError` for an OS error while writing ``what`` (``"checkpoint"``, ...):
     the path, the reason ("disk full" ...), what to do, and the checkpoint that is still intact."""
     reason, todo = _ADVICE.get(exc.errno or -1, (exc.strerror or type(exc).__name__, "check the path"))
-    path = exc.filename or what
+    path = exc.filename or path or what
     kept = (f"; the previous checkpoint {last_checkpoint} is intact" if last_checkpoint
             else "; no checkpoint had been written yet")
     return UserError(f"{path}: {reason} while writing the {what}{kept}: {todo}")
@@ -257,7 +257,8 @@ class RunFolder:
         try:
             path = ckpt.save_checkpoint(full, self.ckpt_dir, step, prune=drop)
         except OSError as exc:
-            raise write_error(exc, f"checkpoint {name}", last) from None
+            intact = self.ckpt_dir / self.checkpoints[-1] if self.checkpoints else last
+            raise write_error(exc, f"checkpoint {name}", intact, self.ckpt_dir / name) from None
         self.checkpoints = keep
         return path
 
