@@ -333,7 +333,7 @@ def test_output_dir_that_is_a_file_or_unwritable_is_one_line(tmp_path, capsys, m
 
     monkeypatch.setattr(outputs.os, "open", read_only)
     assert main(_args(tmp_path, tmp_path / "ro")) == 2
-    _error_line(capsys.readouterr().err, str(tmp_path / "ro"), "Read-only file system")
+    _error_line(capsys.readouterr().err, str(tmp_path / "ro"), "read-only file system")
 
 
 # -- small ones --------------------------------------------------------------------------------
