@@ -8,6 +8,7 @@ from typing import Sequence
 
 from cn_clip_ext.cli import device_arg, run_program, setup_logging
 from cn_clip_ext.errors import UserError
+from cn_clip_ext.extras import require
 from cn_clip_ext.files import image_mb_arg, image_size_limit
 from cn_clip_ext.outputs import check_replaceable
 from cn_clip_ext.evaluation.resources import DATASETS_TABLE
@@ -102,6 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.verbose)
 
     def body() -> int:
+        for module in ("imagehash", "matplotlib"):  # before the corpus is read
+            require(module, extra="audit", purpose=PROG)
         from cn_clip_ext.audit import (AuditConfig, ModelEncoder, VesselEncoder, open_corpus, run_audit,
                                        write_audit_report)
         from cn_clip_ext.audit.report import AUDIT_KIND, FILES

@@ -11,6 +11,7 @@ from cn_clip_ext import create_model, eval_transform, get_tokenizer
 from cn_clip_ext.cli import device_arg, run_program, setup_logging
 from cn_clip_ext.errors import UserError
 from cn_clip_ext.evaluation.datasets import chosen_roots
+from cn_clip_ext.extras import require
 from cn_clip_ext.evaluation import (ClassEmbedder, encode_images, k_shot, linear_probe, load_dataset_table,
                                     load_eval_set, load_prompt_set, probe_split, write_reports, zero_shot_features)
 from cn_clip_ext.evaluation.probe import PROBE_MODES
@@ -209,6 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging()
 
     def body() -> int:
+        if args.probe:  # before any model or image is loaded
+            require("sklearn", extra="eval", purpose="--probe")
         if args.models is not None:
             return _table1(args)
         if not args.checkpoint and not args.untrained:

@@ -24,10 +24,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import imagehash
 import numpy as np
 from PIL import Image, ImageFilter
 
+from ..extras import require
 from ..model.transforms import FOV_THRESHOLD, Affine, place
 
 HASH_BITS = 512
@@ -110,6 +110,7 @@ def vessel_image(view: Image.Image) -> Image.Image:
 
 def hash_view(view: Image.Image) -> np.ndarray:
     """The 512-bit code (``uint8[64]``) of a FOV view: pHash 16 then dHash 16 of its vessel image."""
+    imagehash = require("imagehash", extra="audit", purpose="perceptual hashing")
     vessels = vessel_image(view)
     bits = np.concatenate([imagehash.phash(vessels, 16).hash.ravel(), imagehash.dhash(vessels, 16).hash.ravel()])
     return np.packbits(bits)

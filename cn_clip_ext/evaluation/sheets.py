@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from ..errors import UserError, first_line
+from ..extras import require
 from ..files import check_input_file
 
 SHEET_SUFFIXES = (".csv", ".xls", ".xlsx")
@@ -67,10 +68,7 @@ def _rows_of(path: Path, grid: Iterable[Sequence[Any]]) -> Rows:
 
 
 def _read_xls(path: Path) -> Rows:
-    try:
-        import xlrd
-    except ImportError:
-        raise UserError(f"{path}: reading .xls files needs the xlrd package (pip install xlrd)") from None
+    xlrd = require("xlrd", extra="eval", purpose=f"{path}: reading .xls files")
     try:
         sheet = xlrd.open_workbook(str(path)).sheet_by_index(0)
     except Exception as exc:  # xlrd raises its own and struct errors for damaged files
@@ -79,10 +77,7 @@ def _read_xls(path: Path) -> Rows:
 
 
 def _read_xlsx(path: Path) -> Rows:
-    try:
-        import openpyxl
-    except ImportError:
-        raise UserError(f"{path}: reading .xlsx files needs the openpyxl package (pip install openpyxl)") from None
+    openpyxl = require("openpyxl", extra="eval", purpose=f"{path}: reading .xlsx files")
     try:
         book = openpyxl.load_workbook(path, read_only=True, data_only=True)
     except Exception as exc:  # zipfile, KeyError and openpyxl's own errors for damaged files

@@ -52,7 +52,14 @@ def rgb_array(image: RGBImage) -> np.ndarray:
     return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
 
 
-def fov_bbox(image: RGBImage, threshold: int = FOV_THRESHOLD, probe_size: int = 128) -> tuple[int, int, int, int]:
+FOV_PROBE_SIZE = 128
+"""The field of view is searched on every ``max(1, longest side // FOV_PROBE_SIZE)``-th pixel."""
+FOV_MIN_FRACTION = 0.05
+"""A bright area smaller than this share of the probed pixels is no field of view (the whole image is kept)."""
+
+
+def fov_bbox(image: RGBImage, threshold: int = FOV_THRESHOLD,
+             probe_size: int = FOV_PROBE_SIZE) -> tuple[int, int, int, int]:
     """Bounding box ``(left, top, right, bottom)`` of the bright field of view.
 
     Computed on a strided view of about ``probe_size`` pixels; the whole image when no FOV is found.
@@ -62,7 +69,7 @@ def fov_bbox(image: RGBImage, threshold: int = FOV_THRESHOLD, probe_size: int = 
     step = max(1, max(w, h) // probe_size)
     arr = full[::step, ::step]
     mask = np.maximum(np.maximum(arr[..., 0], arr[..., 1]), arr[..., 2]) > threshold  # max over channels
-    if mask.mean() < 0.05:  # too little to be a field of view: keep everything
+    if mask.mean() < FOV_MIN_FRACTION:  # too little to be a field of view: keep everything
         return 0, 0, w, h
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     left, right = cols[0] * step, min(w, (cols[-1] + 1) * step)
@@ -341,6 +348,54 @@ class TrainTransform(FundusTransform):
 
     def __repr__(self) -> str:
         return f"TrainTransform(size={self.size}, mode={self.mode!r}, augment={self.augment})"
+
+
+PREPROCESSING_FORMAT = "visionclip-preprocessing"
+
+_REGIONS = {
+    "fov": "the field of view's bounding box (left, top, right, bottom; see field_of_view); centre "
+           "cx = (left + right) / 2, cy = (top + bottom) / 2; a square of side max(right - left, bottom - top) (black padding where it "
+           "leaves the image)",
+    "pad": "the whole image: centre cx = W / 2, cy = H / 2, a square of side max(W, H) (black padding)",
+    "squash": "the whole image: centre cx = W / 2, cy = H / 2, width W, height H (stretched to a square)",
+}
+
+
+def preprocessing_spec(size: int, mode: str = "fov") -> dict:
+    """What :func:`eval_transform` does, as data, for servers that are not Python (a bundle's
+    ``preprocessing.json``). Following it in plain arithmetic gives the same pixels to within one grey
+    level (OpenCV, used here, interpolates in fixed point)."""
+    if mode not in PREPROCESS_MODES:
+        raise ValueError(f"unknown preprocess mode {mode!r}; choose from {sorted(PREPROCESS_MODES)}")
+    spec: dict = {
+        "format": PREPROCESSING_FORMAT, "format_version": 1, "mode": mode, "size": size,
+        "input": {"channels": "RGB", "dtype": "uint8", "layout": "HWC",
+                  "decode": "any decoder; greyscale and palette images are converted to RGB, alpha is dropped"},
+        "steps": [
+            f"1. Region: {_REGIONS[mode]}.",
+            "2. Scale: kx = width / size, ky = height / size (input pixels per output pixel).",
+            "3. Box reduction: f = floor(min(kx, ky)); if f >= 2, replace the image by the mean of each f x f block "
+            "(rounded to uint8; a last partial row or column of blocks is dropped) and divide cx, cy, kx, ky by f.",
+            "4. Resample: output pixel (column i, row j), 0-based, takes the bilinear interpolation of the image at "
+            "x = cx + (i + 0.5 - size / 2) * kx - 0.5, y = cy + (j + 0.5 - size / 2) * ky - 0.5, where input "
+            "pixel (u, v) has its centre at x = u, y = v and pixels outside the image are black (0); round to uint8.",
+            "5. Normalise: value[c] = (pixel[c] / 255 - mean[c]) / std[c], float32, channels first ([3, size, size]); "
+            "stack images into [N, 3, size, size] for the image encoder.",
+        ],
+        "mean": list(CLIP_MEAN), "std": list(CLIP_STD), "scale": 1 / 255,
+        "resample": "bilinear", "pixel_centre_offset": 0.5, "outside": [0, 0, 0],
+        "output": {"dtype": "float32", "layout": "CHW", "shape": [3, size, size]},
+    }
+    if mode == "fov":
+        spec["field_of_view"] = {
+            "threshold": FOV_THRESHOLD, "test": "max(R, G, B) > threshold",
+            "probe_size": FOV_PROBE_SIZE, "min_fraction": FOV_MIN_FRACTION,
+            "bounding_box": "step = max(1, max(W, H) // probe_size); probe every step-th row and column (starting "
+                            "at 0); if fewer than min_fraction of the probed pixels pass the test, the box is the "
+                            "whole image (0, 0, W, H); else left = step * (first passing column), right = min(W, "
+                            "step * (last passing column + 1)), and top, bottom likewise from the rows",
+        }
+    return spec
 
 
 def eval_transform(size: int, preprocess: str = "fov") -> EvalTransform:

@@ -41,11 +41,9 @@ INSTALL = "pip install 'open_clip_torch==3.3.0' (the open_clip extra of this pro
 
 
 def _open_clip():
-    try:
-        import open_clip
-    except ImportError:
-        raise UserError(f"the open_clip family needs the open_clip_torch library: {INSTALL}") from None
-    return open_clip
+    from ...extras import require
+
+    return require("open_clip", extra="open_clip", purpose="the open_clip family")
 
 
 class OpenCLIPModel(nn.Module):
