@@ -184,6 +184,20 @@ def test_core_alone_loads_a_bundle_and_embeds(core_env, bundle):
     assert "ERROR" not in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_core_alone_generates_data_and_evaluates_zero_shot(core_env, bundle):
+    import json
+
+    proc = _run(core_env, "vclip-synth", "synth", "--no-corpus", "--n-eval", "12", "--size", "96", "--no-progress",
+                cwd=bundle)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _run(core_env, "vclip-eval", "--checkpoint", "bundle=tiny", "--data-root", "synth", "--out", "zero_shot",
+                "--bootstrap", "10", "--workers", "0", "--device", "cpu", "--quiet", cwd=bundle)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((bundle / "zero_shot" / "report.json").read_text(encoding="utf-8"))["results"]["tiny"]
+    assert set(results) == {"messidor2", "fives", "refuge"}
+    assert all(r["n_images"] > 0 and 0 <= r["metrics"]["balanced_accuracy"] <= 1 for r in results.values())
+
+
 @pytest.mark.parametrize("extra, args", [
     ("export", ["vclip-export", "latest.pt", "exported"]),
     ("eval", ["vclip-eval", "--checkpoint", "latest.pt", "--data", "fives=photos", "--probe", "linear",
