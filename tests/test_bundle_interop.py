@@ -218,3 +218,14 @@ def test_a_broken_hugging_face_cache_is_one_line(bundle, tmp_path, capsys):
                        "--quiet", "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no refs/main and 2 snapshots" in err and "Traceback" not in err
+
+
+def test_a_snapshot_link_outside_its_blobs_is_refused(bundle, tmp_path):
+    root = hf_cache(bundle, tmp_path / "hub")
+    snapshot = root / "snapshots" / ("0123abcd" * 5)
+    elsewhere = tmp_path / "elsewhere.safetensors"
+    shutil.copyfile(bundle / "model.safetensors", elsewhere)  # same bytes, so only the link's target is wrong
+    (snapshot / "model.safetensors").unlink()
+    (snapshot / "model.safetensors").symlink_to(elsewhere)
+    with pytest.raises(UserError, match="model.safetensors: a symbolic link inside the bundle"):
+        vc.load_pretrained(root)

@@ -207,16 +207,26 @@ def _unsafe_entry(rel: str) -> str | None:
     return None
 
 
+def _hf_blob_link(folder: Path, link: Path) -> bool:
+    """Whether ``link`` is a Hugging Face cache snapshot's link to a file of its own repository's ``blobs/``
+    (``models--ORG--NAME/snapshots/<commit>/name -> ../../blobs/<hash>``), the one kind of link allowed."""
+    if folder.parent.name != "snapshots":
+        return False
+    target = link.resolve()
+    return target.parent == (folder.parent.parent / "blobs").resolve() and target.is_file()
+
+
 def bundle_file(folder: Path, rel: str) -> Path:
     """``folder / rel`` after checking that it is a regular file inside ``folder``: no ``..``, no
-    absolute path, no symbolic link on the way (a link could point anywhere), no FIFO or device."""
+    absolute path, no symbolic link on the way (a link could point anywhere; a Hugging Face cache
+    snapshot's links into its repository's ``blobs/`` excepted), no FIFO or device."""
     reason = _unsafe_entry(rel)
     if reason:
         raise UserError(f"{folder / CONFIG_FILE}: files entry {excerpt(rel)} {reason}; refused")
     path = folder
     for part in Path(rel).parts:
         path = path / part
-        if path.is_symlink():
+        if path.is_symlink() and not _hf_blob_link(folder, path):
             raise UserError(f"{path}: a symbolic link inside the bundle (it could point outside {folder}); "
                             "refused: copy the real file into the bundle")
     if not path.exists():
