@@ -28,7 +28,7 @@ EXTRAS: MappingProxyType[str, tuple[str, ...]] = MappingProxyType({
     "export": ("onnx", "onnxruntime", "tokenizers"),
     "audit": ("imagehash", "faiss-cpu", "matplotlib"),
     "fast-tokenizer": ("transformers",),
-    "open_clip": ("open-clip-torch",),
+    "open_clip": ("open-clip-torch", "transformers"),  # the baselines: open_clip and FLAIR families
 })
 """Extra -> the distributions it installs (``pyproject.toml`` holds the same lists with their floors;
 a test keeps the two equal)."""

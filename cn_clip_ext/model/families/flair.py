@@ -99,10 +99,16 @@ class FlairVision(nn.Module):
         return self.projection_head_vision(self.model(images))
 
 
+
+def _transformers():
+    from ...extras import require
+
+    return require("transformers", extra="open_clip", purpose="the FLAIR family")
+
 class FlairText(nn.Module):
     def __init__(self, config: Any):
         super().__init__()
-        from transformers import BertModel
+        BertModel = _transformers().BertModel
 
         self.model = BertModel(config, add_pooling_layer=True)
         self.projection_head_text = ProjectionHead(config.hidden_size)
@@ -155,7 +161,7 @@ class FlairTokenizer:
     PyTorch tensors (``input_ids``, ``attention_mask``)."""
 
     def __init__(self, folder: Path):
-        from transformers import AutoTokenizer
+        AutoTokenizer = _transformers().AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         self.tokenizer.model_max_length = CONTEXT_LENGTH
@@ -189,7 +195,7 @@ def _weights_file(path: Path) -> Path:
 
 def load_flair(path: Path, device: str | torch.device = "cpu", *, text_config: str | Path | None = None) -> Loaded:
     """``(FlairModel, FlairPreprocess, FlairTokenizer)`` from FLAIR's released state dict."""
-    from transformers import BertConfig
+    BertConfig = _transformers().BertConfig
 
     folder = _text_folder(text_config)
     weights = _weights_file(path)
