@@ -32,9 +32,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+from results import write_section
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-BEGIN, END = "<!-- audit-bench:begin -->", "<!-- audit-bench:end -->"
 
 
 class AnonPeak:
@@ -144,16 +143,6 @@ def _child(stage: str, argv: list[str]) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def write_section(text: str) -> None:
-    old = RESULTS.read_text(encoding="utf-8") if RESULTS.is_file() else "# Benchmark results\n"
-    block = f"{BEGIN}\n{text.rstrip()}\n{END}"
-    if BEGIN in old and END in old:
-        new = old[:old.index(BEGIN)] + block + old[old.index(END) + len(END):]
-    else:
-        new = old.rstrip() + "\n\n" + block + "\n"
-    RESULTS.write_text(new, encoding="utf-8")
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=600, help="generated images for the features stage")
@@ -216,7 +205,7 @@ result buffers), not by the corpus size; the time is linear in corpus rows, so 1
 (1024-d model) of embeddings on disk.
 """
     if not args.no_write:
-        write_section(text)
+        write_section("audit-bench", text)
     print(text)
     return 0
 

@@ -41,10 +41,9 @@ from argparse import Namespace
 from pathlib import Path
 
 import torch
+from results import write_section
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "RESULTS.md"
-BEGIN, END = "<!-- eval-bench:begin -->", "<!-- eval-bench:end -->"
 MODEL = "RN-tiny@BERT-tiny-chinese"
 CLASS_FOLDERS = {"A": "amd", "D": "dr", "G": "glaucoma", "N": "normal"}
 
@@ -151,17 +150,6 @@ def run_our_images(folder: Path, ckpt: Path, batch: int, workers: int) -> float:
     return time.perf_counter() - t
 
 
-def write_section(section: str) -> None:
-    text = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else "# Benchmark results\n"
-    block = f"{BEGIN}\n{section.strip()}\n{END}"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    RESULTS.write_text(text, encoding="utf-8")
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=400, help="images (default 400)")
@@ -222,7 +210,7 @@ Where our speed comes from (`cn_clip_ext.model.inference`, `cn_clip_ext.model.tr
 """
     print(section)
     if not args.no_write:
-        write_section(section)
+        write_section("eval-bench", section)
     return 0
 
 

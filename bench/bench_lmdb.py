@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 from test_lmdb_fixtures import COLUMNS, row_for, write_csv  # noqa: E402
 
-RESULTS = ROOT / "bench" / "RESULTS.md"
+from results import write_section  # noqa: E402  (bench/ is on the path of a script run from it)
 CAPTION = "Fundus/{}"
 WRAPPER = (
     "import json, resource, sys, time\n"
@@ -229,19 +229,6 @@ def bench_loaders(ours: Path, ours224: Path, theirs: Path, workers: int, batch: 
 
 # --- report ---------------------------------------------------------------------------------------
 
-def update_results(name: str, section: str) -> None:
-    """Replace (or append) the ``name`` section of bench/RESULTS.md."""
-    begin, end = f"<!-- lmdb-bench:{name}:begin -->", f"<!-- lmdb-bench:{name}:end -->"
-    text = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else "# Benchmark results\n"
-    block = f"{begin}\n{section.strip()}\n{end}"
-    if begin in text and end in text:
-        head, rest = text.split(begin, 1)
-        text = head + block + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    RESULTS.write_text(text, encoding="utf-8")
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=2000, help="images for (a)-(c) (0 skips them)")
@@ -332,7 +319,7 @@ def main() -> int:
         section = "\n".join(lines)
         print(section)
         if not args.no_write:
-            update_results(name, section)
+            write_section(f"lmdb-bench:{name}", section)
     return 0
 
 

@@ -183,6 +183,41 @@ def image_mb_arg(text: str) -> int:
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive number of MiB, got {text[:40]!r}")
     return max(1, int(value * 1024 * 1024))
+class InputFileError(UserError):
+    """A one-line :class:`UserError` about an input file, with ``problem``, one of :data:`FILE_PROBLEMS`
+    (so that a caller that keeps going, like the LMDB build's row rejects, can file it by kind)."""
+
+    def __init__(self, message: str, problem: str):
+        super().__init__(message)
+        self.problem = problem
+
+
+FILE_MISSING, FILE_UNREADABLE, FILE_NOT_REGULAR, FILE_EMPTY, FILE_TOO_LARGE = (
+    "missing", "unreadable", "not_regular", "empty", "too_large")
+FILE_PROBLEMS: tuple[str, ...] = (FILE_MISSING, FILE_UNREADABLE, FILE_NOT_REGULAR, FILE_EMPTY, FILE_TOO_LARGE)
+
+
+def _kind_of(mode: int) -> str:
+    return ("a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
+
+
+def _check_stat(path: Path, st: os.stat_result, what: str, max_bytes: int | None) -> int:
+    if not stat.S_ISREG(st.st_mode):
+        raise InputFileError(f"{path}: {what} is {_kind_of(st.st_mode)}, not a regular file", FILE_NOT_REGULAR)
+    if st.st_size == 0:
+        raise InputFileError(f"{path}: empty file", FILE_EMPTY)
+    if max_bytes is not None and st.st_size > max_bytes:
+        raise InputFileError(f"{path}: {what} is {st.st_size} bytes, above the limit of {max_bytes}",
+                             FILE_TOO_LARGE)
+    return st.st_size
+
+
+def _os_problem(path: Path, what: str, exc: OSError) -> InputFileError:
+    if isinstance(exc, FileNotFoundError):
+        return InputFileError(f"{path}: {what} not found", FILE_MISSING)
+    return InputFileError(f"{path}: cannot read the {what} ({exc.strerror or exc})", FILE_UNREADABLE)
 
 
 def check_input_file(path: str | Path, what: str = "file", max_bytes: int | None = DEFAULT_MAX_INPUT_BYTES) -> int:
@@ -190,22 +225,37 @@ def check_input_file(path: str | Path, what: str = "file", max_bytes: int | None
     ``max_bytes`` (``None``: no bound) and not empty.
 
     A FIFO, device, socket or folder is refused at once (opening a FIFO would block forever), with a
-    one-line :class:`UserError` naming the path and the reason; so is a missing file.
+    one-line :class:`InputFileError` (a :class:`UserError`) naming the path and the reason; so is a
+    missing file.
     """
     path = Path(path)
     try:
         st = os.stat(path)
-    except FileNotFoundError:
-        raise UserError(f"{path}: {what} not found") from None
     except OSError as exc:
-        raise UserError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
-    if not stat.S_ISREG(st.st_mode):
-        kind = ("a folder" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode)
-                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
-                else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
-        raise UserError(f"{path}: {what} is {kind}, not a regular file")
-    if st.st_size == 0:
-        raise UserError(f"{path}: empty file")
-    if max_bytes is not None and st.st_size > max_bytes:
-        raise UserError(f"{path}: {what} is {st.st_size} bytes, above the limit of {max_bytes}")
-    return st.st_size
+        raise _os_problem(path, what, exc) from None
+    return _check_stat(path, st, what, max_bytes)
+
+
+def read_input_file(path: str | Path, what: str = "file", max_bytes: int | None = DEFAULT_MAX_INPUT_BYTES) -> bytes:
+    """The bytes of ``path`` under the checks of :func:`check_input_file`, made on the opened file
+    itself (opened non-blocking, so a FIFO swapped in after a check cannot hang the read either);
+    never more than ``max_bytes`` are read."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise _os_problem(path, what, exc) from None
+    try:
+        _check_stat(path, os.fstat(fd), what, max_bytes)
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            data = fh.read() if max_bytes is None else fh.read(max_bytes + 1)
+    except OSError as exc:
+        raise _os_problem(path, what, exc) from None
+    finally:
+        os.close(fd)
+    if not data:
+        raise InputFileError(f"{path}: empty file", FILE_EMPTY)
+    if max_bytes is not None and len(data) > max_bytes:  # it grew while being read
+        raise InputFileError(f"{path}: {what} is above the limit of {max_bytes} bytes", FILE_TOO_LARGE)
+    return data

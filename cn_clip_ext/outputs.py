@@ -1,7 +1,7 @@
 """Output folders that commands write: one writer at a time, and deletion only of what a command
 can prove it wrote.
 
-- :func:`output_lock` holds an exclusive ``fcntl`` lock on ``<folder>/.vclip.lock`` for as long as a
+- :func:`output_lock` holds an exclusive ``fcntl.lockf`` lock on ``<folder>/.vclip.lock`` for as long as a
   command writes the folder; a second command that tries is refused at once with one line (the
   lock is the kernel's, so a killed writer never leaves a stale lock behind).
 - :func:`write_owner_marker` records, inside a folder, which kind of artefact (``lmdb-build``,
@@ -20,37 +20,72 @@ import tempfile
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from .errors import UserError
+from .errors import UserError, first_line
 
 LOCK_FILE = ".vclip.lock"
 OWNER_FILE = ".vclip-owner.json"
 
 
+_HELD: set[str] = set()
+"""Lock files this process holds (POSIX locks are per process: a second lock here must be refused by hand)."""
+
+
 @contextlib.contextmanager
-def output_lock(folder: str | Path, what: str = "output folder") -> Iterator[Path]:
-    """Hold the folder's write lock (the folder is created if needed); one line if another command has it."""
+def output_lock(folder: str | Path, what: str = "output folder", remove: bool = False) -> Iterator[Path]:
+    """Hold the folder's write lock (the folder is created if needed); one line if another command has it.
+
+    The lock is a POSIX record lock (``fcntl.lockf``): the kernel drops it when the process ends, and
+    unlike ``flock`` it is not inherited by forked workers, so a killed command whose workers are
+    still exiting does not block the next run (and it works on NFS). With ``remove`` the lock file is
+    deleted on the way out (for commands whose folder must hold only their outputs); a command that
+    locked a file removed meanwhile notices (the path no longer names it) and tries again.
+    """
     import fcntl
 
     folder = Path(folder)
+    busy = UserError(f"{folder}: another command is writing this {what} now; wait for it to finish "
+                     "or choose another folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     except FileExistsError:
         raise UserError(f"{folder}: exists and is not a folder; choose another {what}") from None
     except OSError as exc:
-        raise UserError(f"{folder}: cannot write the {what} ({exc.strerror or exc})") from None
-    try:
+        raise write_failure(exc, folder, what) from None
+    path = folder / LOCK_FILE
+    key = str(path.resolve())
+    if key in _HELD:
+        raise busy
+    for _ in range(10):
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
         except OSError as exc:
+            raise write_failure(exc, folder, what) from None
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise UserError(f"{folder}: another command is writing this {what} now; wait for it to finish "
-                                "or choose another folder") from None
-            raise
+                raise busy from None
+            raise write_failure(exc, folder, what) from None
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # locked a file another command has just removed: lock the new one
+    else:
+        raise busy
+    _HELD.add(key)
+    try:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         yield folder
     finally:
+        _HELD.discard(key)
+        if remove:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
         os.close(fd)  # closing the descriptor releases the lock
 
 
@@ -158,9 +193,15 @@ def replace_run_outputs(folder: str | Path, kind: str, patterns: Sequence[str], 
     with output_lock(folder, what):
         check_replaceable(folder, kind, patterns, flag)
         previous = recorded_files(folder, kind)
-        stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder))
         try:
-            yield stage
+            stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder))
+        except OSError as exc:
+            raise write_failure(exc, folder, what) from None
+        try:
+            try:
+                yield stage
+            except OSError as exc:
+                raise write_failure(exc, folder, what) from None
             names = sorted(p.name for p in stage.iterdir() if p.is_file())
             write_owner_marker(folder, kind, files=sorted(previous | set(names)))
             for name in names:
@@ -170,9 +211,43 @@ def replace_run_outputs(folder: str | Path, kind: str, patterns: Sequence[str], 
                 if old.is_file() and not old.is_symlink():
                     old.unlink()
             write_owner_marker(folder, kind, files=names)
+        except OSError as exc:
+            raise write_failure(exc, folder, what) from None
         finally:
             shutil.rmtree(stage, ignore_errors=True)
 
 
-__all__ = ["LOCK_FILE", "OWNER_FILE", "check_replaceable", "output_lock", "owner_kind", "owner_record", "prove_owned",
-           "recorded_files", "replace_run_outputs", "unrecorded_outputs", "write_owner_marker"]
+DISK_FULL = "disk full"
+_ENOSPC_TEXT = os.strerror(errno.ENOSPC)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (an ``OSError``, or a library error that only carries the message, like lmdb's)
+    reports ``ENOSPC`` / ``EDQUOT``."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return True
+    return _ENOSPC_TEXT in str(exc) or os.strerror(getattr(errno, "EDQUOT", errno.ENOSPC)) in str(exc)
+
+
+def write_failure(exc: BaseException, path: str | Path, what: str = "output", retry: str = "") -> UserError:
+    """The one-line :class:`UserError` for an OS error while writing ``path``: the path, what went wrong
+    in words a user can act on (``disk full``, permission denied, a file where a folder should be), and
+    what to do; ``retry`` says what running the command again does (e.g. "resumes the build")."""
+    path = Path(getattr(exc, "filename", None) or path)
+    again = f"; {retry}" if retry else ""
+    if is_disk_full(exc):
+        return UserError(f"{path}: {DISK_FULL} (no space left on device) while writing the {what}; "
+                         f"free some space or choose another folder{again}")
+    if isinstance(exc, PermissionError) or getattr(exc, "errno", None) in (errno.EACCES, errno.EPERM, errno.EROFS):
+        reason = "read-only file system" if getattr(exc, "errno", None) == errno.EROFS else "permission denied"
+        return UserError(f"{path}: {reason} while writing the {what}; choose another folder or make it "
+                         f"writable{again}")
+    if getattr(exc, "errno", None) in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
+        return UserError(f"{path}: a file or folder is in the way of the {what}; choose another folder")
+    reason = getattr(exc, "strerror", None) or first_line(exc)
+    return UserError(f"{path}: cannot write the {what} ({reason}){again}")
+
+
+__all__ = ["DISK_FULL", "LOCK_FILE", "OWNER_FILE", "check_replaceable", "is_disk_full", "output_lock", "owner_kind",
+           "owner_record", "prove_owned", "recorded_files", "replace_run_outputs", "unrecorded_outputs",
+           "write_failure", "write_owner_marker"]

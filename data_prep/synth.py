@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from cn_clip_ext.cli import run_program, setup_logging
+from cn_clip_ext.cli import DefaultsHelpFormatter, run_program, setup_logging
 from cn_clip_ext.layouts import EVAL_LAYOUTS, PATIENTS_CSV, PATIENTS_DIR, SYNFUNDUS_CSV, SYNFUNDUS_IMAGE_DIR
 from cn_clip_ext.synth.generator import ID_OFFSET, SynthConfig, generate
 from cn_clip_ext.errors import UserError
@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
                + ", ".join(f"OUT_DIR/{lay.folder}/" for lay in EVAL_LAYOUTS.values())
                + f"; with --patients, OUT_DIR/{PATIENTS_DIR}/{PATIENTS_CSV} (patient_id, left_image, "
                  "right_image, report) and its eye photos.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("out_dir", metavar="OUT_DIR", help="folder to write into (created if missing)")
     p.add_argument("--n-images", type=int, default=200, metavar="N", help="SynFundus corpus images")

@@ -8,6 +8,7 @@ from typing import Sequence
 
 from cn_clip_ext.cli import device_arg, run_program, setup_logging
 from cn_clip_ext.errors import UserError
+from cn_clip_ext.extras import require
 from cn_clip_ext.files import image_mb_arg, image_size_limit
 from cn_clip_ext.outputs import check_replaceable
 from cn_clip_ext.evaluation.resources import DATASETS_TABLE
@@ -80,21 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _eval_roots(args: argparse.Namespace, table) -> dict[str, Path]:
-    chosen: dict[str, Path] = {}
-    if args.data_root is not None:
-        if not args.data_root.is_dir():
-            raise UserError(f"{args.data_root}: --data-root folder not found")
-        chosen = {name: args.data_root / name for name in table if (args.data_root / name).is_dir()}
-    for item in args.data:
-        name, sep, root = item.partition("=")
-        if not sep:
-            raise UserError(f"--data {item!r}: expected NAME=ROOT")
-        if name not in table:
-            raise UserError(f"--data {item!r}: {name!r} is not in {args.datasets_table} (it has {sorted(table)})")
-        chosen[name] = Path(root)
-    if not chosen:
-        raise UserError("no evaluation set given: use --data NAME=ROOT or --data-root DIR")
-    return chosen
+    from cn_clip_ext.evaluation.datasets import chosen_roots
+
+    return chosen_roots(table, args.data_root, args.data, args.datasets_table, "evaluation set")
 
 
 def _cache_root(args: argparse.Namespace, corpus) -> Path:
@@ -114,6 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.verbose)
 
     def body() -> int:
+        for module in ("imagehash", "matplotlib"):  # before the corpus is read
+            require(module, extra="audit", purpose=PROG)
         from cn_clip_ext.audit import (AuditConfig, ModelEncoder, VesselEncoder, open_corpus, run_audit,
                                        write_audit_report)
         from cn_clip_ext.audit.report import AUDIT_KIND, FILES

@@ -10,13 +10,15 @@ from typing import Sequence
 from cn_clip_ext import create_model, eval_transform, get_tokenizer
 from cn_clip_ext.cli import device_arg, run_program, setup_logging
 from cn_clip_ext.errors import UserError
+from cn_clip_ext.evaluation.datasets import chosen_roots
+from cn_clip_ext.extras import require
 from cn_clip_ext.evaluation import (ClassEmbedder, encode_images, k_shot, linear_probe, load_dataset_table,
                                     load_eval_set, load_prompt_set, probe_split, write_reports, zero_shot_features)
 from cn_clip_ext.evaluation.image_lists import apply_image_list
 from cn_clip_ext.evaluation.multilabel import multilabel_zero_shot
 from cn_clip_ext.evaluation.probe import PROBE_MODES
 from cn_clip_ext.evaluation.prompts import PromptSet
-from cn_clip_ext.evaluation.resources import DATASETS_TABLE, PROMPTS_DIR
+from cn_clip_ext.evaluation.resources import DATASETS_TABLE, PROMPTS_DIR, prompt_set_path  # noqa: F401
 from cn_clip_ext.model.factory import UnknownModelError
 from cn_clip_ext.model.inference import decode_workers
 from cn_clip_ext.evaluation.report import REPORT_FILES, REPORT_KIND
@@ -44,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training or cn_clip-format checkpoint (repeatable); LABEL names its table row")
     p.add_argument("--untrained", action="append", default=[], metavar="ARCH",
                    help="also evaluate this architecture randomly initialised (repeatable)")
+    p.add_argument("--models", type=Path, metavar="FILE",
+                   help="models.yaml: models of any family (visionclip, cn_clip, retclip, open_clip, flair; "
+                        "entries label, family, path, options, prompts) evaluated on every dataset in one "
+                        "Table-1 table, each with its own preprocessing and prompts in its own language")
     p.add_argument("--model", help="architecture of checkpoints that do not record it, e.g. "
                                    "RN50@RoBERTa-wwm-ext-base-chinese (RET-CLIP weights default to "
                                    "ViT-B-16@RoBERTa-wwm-ext-base-chinese)")
@@ -120,14 +126,7 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 
 def _prompt_path(value: str) -> Path:
-    path = Path(value)
-    if path.suffix in (".yaml", ".yml", ".json"):
-        return path
-    candidate = PROMPTS_DIR / f"{value}.yaml"
-    if not candidate.is_file():
-        names = sorted(p.stem for p in PROMPTS_DIR.glob("*.yaml"))
-        raise UserError(f"unknown prompt set {value!r} (choose from {names} or give a file)")
-    return candidate
+    return prompt_set_path(value)  # the Chinese sets: every model here is of the cn_clip family
 
 
 def _prompt_set(value: str, table) -> PromptSet:
@@ -141,24 +140,7 @@ def _prompt_set(value: str, table) -> PromptSet:
 
 
 def _datasets(args: argparse.Namespace, table) -> dict[str, Path]:
-    chosen: dict[str, Path] = {}
-    if args.data_root is not None:
-        if not args.data_root.is_dir():
-            raise UserError(f"{args.data_root}: --data-root folder not found")
-        for name in table:
-            if (args.data_root / name).is_dir():
-                chosen[name] = args.data_root / name
-    for item in args.data:
-        name, sep, root = item.partition("=")
-        if not sep:
-            raise UserError(f"--data {item!r}: expected NAME=ROOT")
-        if name not in table:
-            raise UserError(f"--data {item!r}: {name!r} is not in {args.datasets_table} "
-                            f"(it has {sorted(table)})")
-        chosen[name] = Path(root)
-    if not chosen:
-        raise UserError("no dataset given: use --data NAME=ROOT or --data-root DIR")
-    return chosen
+    return chosen_roots(table, args.data_root, args.data, args.datasets_table, "dataset")
 
 
 def _image_lists(args: argparse.Namespace, sets: dict) -> dict:
@@ -221,13 +203,53 @@ def _sourced_models(args: argparse.Namespace):
             "preprocess_source": "--preprocess" if forced else "default"}
 
 
+def _eval_sets(args: argparse.Namespace, table=None) -> dict:
+    table = load_dataset_table(args.datasets_table) if table is None else table
+    sets = {name: load_eval_set(table[name], root) for name, root in _datasets(args, table).items()}
+    sets.update(_image_lists(args, sets))
+    if args.exclude is not None:
+        from cn_clip_ext.audit.exclude import exclusion_sets
+
+        sets.update(exclusion_sets(sets, args.exclude))
+    for name, s in sets.items():
+        logger.info("%s: %d images, classes %s", name, len(s), list(s.classes))
+    return sets
+
+
+def _table1(args: argparse.Namespace) -> int:
+    """``--models FILE``: every model of the file on every dataset, one Table-1 table."""
+    from cn_clip_ext.evaluation.table1 import METRIC_NOTE, evaluate_entry, read_models, table1_markdown
+
+    if args.checkpoint or args.untrained or args.probe:
+        raise UserError("--models evaluates the models of its file zero-shot: leave out --checkpoint, "
+                        "--untrained and --probe")
+    entries = read_models(args.models)
+    sets = _eval_sets(args)
+    workers = decode_workers(args.batch_size, args.workers, args.device)
+    check_replaceable(args.out, REPORT_KIND, REPORT_FILES)
+    with image_size_limit(args.max_image_mb):
+        runs = [evaluate_entry(e, sets, device=args.device, batch_size=args.batch_size, workers=workers,
+                               bootstrap=args.bootstrap, progress=not args.quiet) for e in entries]
+    records = {run.entry.label: {**run.to_dict(), "sha256": file_sha256(run.entry.path)
+                                 if run.entry.path.is_file() else None} for run in runs}
+    meta = {"mode": "table1", "bootstrap": args.bootstrap, "metric_note": METRIC_NOTE}
+    write_reports({run.entry.label: dict(run.results) for run in runs}, sets, args.out, meta=meta,
+                  models=records, table=table1_markdown(runs))
+    print((args.out / "table.md").read_text(encoding="utf-8"))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
 
     def body() -> int:
+        if args.probe:  # before any model or image is loaded
+            require("sklearn", extra="eval", purpose="--probe")
+        if args.models is not None:
+            return _table1(args)
         if not args.checkpoint and not args.untrained:
-            raise UserError("nothing to evaluate: give --checkpoint PATH or --untrained ARCH")
+            raise UserError("nothing to evaluate: give --checkpoint PATH, --untrained ARCH or --models FILE")
         table = load_dataset_table(args.datasets_table)
         prompts = _prompt_set(args.prompts, table)
         if args.corpus_lmdb is not None:
@@ -235,14 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             checks = check(read_corpus(args.corpus_lmdb), corpus_tasks(table), prompts)
             print(check_table(checks, prompts.name))
-        sets = {name: load_eval_set(table[name], root) for name, root in _datasets(args, table).items()}
-        sets.update(_image_lists(args, sets))
-        if args.exclude is not None:
-            from cn_clip_ext.audit.exclude import exclusion_sets
-
-            sets.update(exclusion_sets(sets, args.exclude))
-        for name, s in sets.items():
-            logger.info("%s: %d images, classes %s", name, len(s), list(s.classes))
+        sets = _eval_sets(args, table)
         workers = decode_workers(args.batch_size, args.workers, args.device)
         if not 0 < args.probe_train_fraction < 1:
             raise UserError(f"--probe-train-fraction must be between 0 and 1, got {args.probe_train_fraction}")

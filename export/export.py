@@ -6,9 +6,11 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-from cn_clip_ext.model.bundle import TOWERS, BundleConfig, SourceInfo, file_sha256, write_bundle
+from cn_clip_ext.model.bundle import (CONFIG_FILE, TOWERS, BundleConfig, SourceInfo, file_sha256, resolve_bundle_folder,
+                                      write_bundle)
 from cn_clip_ext.cli import run_program, setup_logging
 from cn_clip_ext.errors import UserError, excerpt
+from cn_clip_ext.extras import require
 from cn_clip_ext.evaluation.prompts import load_prompt_set
 from cn_clip_ext.model.onnx import DEFAULT_OPSET, bundle_hook
 from cn_clip_ext.model.transforms import PREPROCESS_MODES
@@ -71,7 +73,7 @@ def _load(args: argparse.Namespace):
 
     if args.checkpoint.is_dir():
         model, _, _ = load_pretrained(args.checkpoint, model_name=args.model, preprocess=args.preprocess)
-        cfg = BundleConfig.from_file(args.checkpoint / "config.json")
+        cfg = BundleConfig.from_file(resolve_bundle_folder(args.checkpoint) / CONFIG_FILE)
         return model.clip, model.preprocess_mode, SourceInfo(**cfg.source), model.towers
     if not args.checkpoint.is_file():
         raise UserError(f"{args.checkpoint}: checkpoint not found")
@@ -109,6 +111,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.verbose)
 
     def body() -> int:
+        require("tokenizers", extra="export", purpose="writing the bundle's tokenizer.json")  # fail before loading
+        if args.onnx:
+            for module in ("onnx", "onnxruntime"):
+                require(module, extra="export", purpose="--onnx")
         towers = ("image",) if args.image_only else ("text",) if args.text_only else TOWERS
         if args.prompts and args.no_prompts:
             raise UserError("--prompts and --no-prompts contradict each other")

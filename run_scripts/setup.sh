@@ -13,7 +13,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=${VCLIP_VENV:-$root/.venv}
 base_python=${PYTHON:-python3}
 torch_spec=${VCLIP_TORCH:-torch==2.14.1 torchvision==0.29.1}
-stamp="$venv/.setup-$(cat "$root/setup.py" "$root/run_scripts/setup.sh" | sha1sum | cut -c1-16)"
+stamp="$venv/.setup-$(cat "$root/pyproject.toml" "$root/setup.py" "$root/run_scripts/setup.sh" | sha1sum | cut -c1-16)"
 
 if [ -f "$stamp" ] && "$venv/bin/python" -c "import importlib.util as u, sys; sys.exit(u.find_spec('cn_clip_ext') is None)" 2>/dev/null; then
   exit 0
@@ -45,9 +45,12 @@ if ! "$py" -c "import torchvision" 2>/dev/null; then
   pip -c "$constraints" torchvision
 fi
 
-log "installing cn_clip 1.6.0 (without its lmdb==1.3.0 pin) and this project"
-pip -c "$constraints" --no-deps "cn_clip==1.6.0"
+log "installing this project with every extra and the test tools, then cn_clip 1.6.0"
 pip -c "$constraints" -e "$root[test]"
+# cn_clip pins lmdb==1.3.0, which has no wheel for current Pythons; this project declares cn_clip's real
+# needs (lmdb>=1.4 among them). Installed last and without its dependencies, nothing pip resolves here
+# sees the pin, so no conflict is reported (a later `pip check` still lists it: that is the pin, not a fault).
+pip -c "$constraints" --no-deps "cn_clip==1.6.0"
 "$py" -c "import cn_clip_ext, cn_clip.clip" 
 touch "$stamp"
 log "ready: $venv"

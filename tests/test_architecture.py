@@ -16,6 +16,8 @@ import import_graph as ig
 ROOT = Path(__file__).resolve().parents[1]
 ROOMS = ("model", "lmdb", "synth", "training", "evaluation", "audit")
 INFERENCE_ROOMS = ("model", "evaluation", "audit")
+LAYERS = {"model": 1, "lmdb": 2, "synth": 3, "evaluation": 3, "audit": 4, "training": 5}
+"""A room imports only rooms of lower layers (and the shared primitives, which import no room): ARCHITECTURE.md."""
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +65,18 @@ def test_model_and_the_inference_side_never_import_training(tree):
     found = [e for e in edges if _library(e.source) and ig.room(e.source) in INFERENCE_ROOMS
              and _library(e.target) and ig.room(e.target) == "training"]
     assert found == [], _lines(found)
+
+
+def test_rooms_import_only_lower_layers_and_primitives_no_room(tree):
+    _, edges = tree
+    inside = [e for e in edges if _library(e.source) and _library(e.target) and e.target != ig.LIBRARY
+              and e.source != ig.LIBRARY and ig.room(e.source) != ig.room(e.target)]
+    upward = [e for e in inside if ig.room(e.source) in LAYERS and ig.room(e.target) in LAYERS
+              and LAYERS[ig.room(e.target)] >= LAYERS[ig.room(e.source)]]
+    assert upward == [], _lines(upward)
+    from_primitives = [e for e in inside if ig.room(e.source) not in LAYERS and ig.room(e.target) in LAYERS]
+    assert from_primitives == [], _lines(from_primitives)
+    assert set(ROOMS) == set(LAYERS)
 
 
 def test_no_library_module_imports_a_program(tree):

@@ -176,7 +176,7 @@ def test_prompt_ensemble_is_the_mean_of_normalised_prompt_embeddings():
 
 
 def test_prompt_files_are_complete_and_immutable(table):
-    for path in PROMPTS_DIR.glob("*.yaml"):
+    for path in [*PROMPTS_DIR.glob("*.yaml"), *(PROMPTS_DIR / "en").glob("*.yaml")]:
         prompts = load_prompt_set(path)
         for spec in table.values():
             for key in spec.classes.values():
@@ -225,3 +225,22 @@ def test_cli_bad_input_is_one_line(argv, message, tmp_path, capsys, eval_root):
     assert rc == 2
     assert len([line for line in err if "error" in line]) == 1 and message in err[-1]
     assert "Traceback" not in "\n".join(err)
+
+
+def test_chosen_roots_data_root_then_data_options(tmp_path):
+    from pathlib import Path
+
+    from cn_clip_ext.evaluation.datasets import chosen_roots
+
+    table = {"fives": object(), "refuge": object(), "messidor2": object()}
+    (tmp_path / "fives").mkdir()
+    (tmp_path / "refuge").mkdir()
+    (tmp_path / "other").mkdir()
+    got = chosen_roots(table, tmp_path, ["refuge=/elsewhere/refuge", "messidor2=m2"], "t.yaml")
+    assert got == {"fives": tmp_path / "fives", "refuge": Path("/elsewhere/refuge"), "messidor2": Path("m2")}
+    for data_root, data, words in ((tmp_path / "missing", [], "--data-root folder not found"),
+                                   (None, ["fives"], "expected NAME=ROOT"),
+                                   (None, ["other=x"], "'other' is not in t.yaml"),
+                                   (None, [], "no evaluation set given")):
+        with pytest.raises(UserError, match=words):
+            chosen_roots(table, data_root, data, "t.yaml", "evaluation set")

@@ -77,7 +77,8 @@ def one_line_error(capsys) -> str:
 def test_bundle_contents(bundle, ckpt):
     names = sorted(p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file())
     assert names == ["README.md", "config.json", "eval_report.json", "image_encoder.onnx", "model.safetensors",
-                     "prompts/expert.yaml", "prompts/plain.yaml", "text_encoder.onnx", "vocab.txt"]
+                     "preprocessing.json", "prompts/expert.yaml", "prompts/plain.yaml", "special_tokens_map.json",
+                     "text_encoder.onnx", "tokenizer.json", "tokenizer_config.json", "vocab.txt"]
     cfg = BundleConfig.from_file(bundle / "config.json")
     assert (cfg.architecture, cfg.embed_dim, cfg.image_size, cfg.context_length) == (vc.VISIONCLIP_TINY, 128, 128, 52)
     assert cfg.preprocess == "fov" and cfg.mean == vc.CLIP_MEAN and cfg.std == vc.CLIP_STD

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import re
 import textwrap
 from pathlib import Path
 
@@ -553,3 +554,80 @@ def test_export_refuses_a_report_made_from_another_checkpoint(ckpt, eval_sets, t
     assert export_main([str(other), str(tmp_path / "b3"), "--no-prompts", "--report",
                         str(report / "report.json")]) == 0
     assert (tmp_path / "b3" / "eval_report.json").is_file()
+
+
+# -- empty results, help texts ------------------------------------------------------------------------------
+def test_eval_csv_dataset_header_only_or_unterminated_quote_is_one_line(eval_sets, tmp_path, capsys):
+    table = tmp_path / "table.yaml"
+    table.write_text("mine:\n  reader: csv\n  path: labels.csv\n  classes: {0: normal, 1: glaucoma}\n",
+                     encoding="utf-8")
+    root = tmp_path / "mine"
+    root.mkdir()
+    (root / "labels.csv").write_text("image,label\n", encoding="utf-8")
+    argv = ["--untrained", TINY, "--datasets-table", str(table), "--data", f"mine={root}"]
+    assert _eval(tmp_path / "r", *argv) == 2
+    assert f"{root}: no images found for dataset 'mine'" in one_line_error(capsys)
+    (root / "labels.csv").write_text('image,label\n"a.png,0\nb.png,1\n', encoding="utf-8")
+    assert _eval(tmp_path / "r", *argv) == 2
+    assert f"{root / 'labels.csv'}: not a readable CSV table (unexpected end of data" in one_line_error(capsys)
+    (root / "labels.csv").unlink()
+    os.mkfifo(root / "labels.csv")
+    assert _eval(tmp_path / "r", *argv) == 2
+    assert "table is a FIFO, not a regular file" in one_line_error(capsys)
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("module", ["vclip_eval.evaluate", "vclip_eval.audit", "vclip_export.export",
+                                    "vclip_export.embed"])
+def test_help_shows_no_doubled_percent_and_no_doubled_default(module, capsys):
+    import importlib
+
+    main = importlib.import_module(module).main
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert "usage:" in text and "%%" not in text and "%(" not in text
+    flat = " ".join(text.split())
+    for option in re.findall(r"\s(--[a-z][a-z-]+)", text):
+        entry = flat.split(f" {option} ", 1)[-1].split(" --", 1)[0]
+        assert entry.count("(default") <= 1, (option, entry)
+
+
+# -- OS errors a user can cause: one line with the path and what to do ------------------------------------
+def _disk_full(*args, **kwargs):
+    import errno
+
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_disk_full_and_a_file_in_the_way_are_one_line(bundle, ckpt, captions, eval_sets, tmp_path, capsys,
+                                                     monkeypatch):
+    import numpy as np
+
+    import cn_clip_ext.evaluation.report as report
+
+    a_file = tmp_path / "file"
+    a_file.write_text("x", encoding="utf-8")
+    assert _eval(a_file, "--untrained", TINY, "--data", f"fives={eval_sets / 'fives'}") == 2
+    assert f"{a_file}: exists and is not a folder" in one_line_error(capsys)
+    assert embed_main(["--model", str(bundle), "--captions", str(captions), "--out", str(a_file / "sub"),
+                       "--quiet"]) == 2
+    assert str(a_file) in one_line_error(capsys)
+    with monkeypatch.context() as m:
+        m.setattr(np, "save", _disk_full)
+        assert embed_main(["--model", str(bundle), "--captions", str(captions), "--out", str(tmp_path / "e"),
+                           "--quiet"]) == 2
+    line = one_line_error(capsys)
+    assert "disk full (no space left on device) while writing the embedding folder; free some space" in line
+    assert not [p for p in (tmp_path / "e").iterdir() if p.name.startswith(".staging")]
+    with monkeypatch.context() as m:
+        m.setattr(report, "_atomic_write_text", _disk_full)
+        assert _eval(tmp_path / "r", "--untrained", TINY, "--data", f"fives={eval_sets / 'fives'}") == 2
+    assert "disk full" in one_line_error(capsys) and not (tmp_path / "r" / "report.json").exists()
+    import safetensors.torch
+
+    with monkeypatch.context() as m:
+        m.setattr(safetensors.torch, "save_file", _disk_full)
+        assert export_main([str(ckpt), str(tmp_path / "b"), "--no-prompts"]) == 2
+    assert f"{tmp_path / 'b'}: disk full" in one_line_error(capsys) and not (tmp_path / "b").exists()

@@ -24,11 +24,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import imagehash
 import numpy as np
 from PIL import Image, ImageFilter
 
-from ..model.transforms import FOV_THRESHOLD, Geometry, place
+from ..extras import require
+from ..model.transforms import FOV_THRESHOLD, Affine, place
 
 HASH_BITS = 512
 """pHash 256 bits + dHash 256 bits."""
@@ -84,7 +84,7 @@ def fov_view(image: Image.Image, size: int = VIEW_SIZE, rotation: float = 0.0) -
     image = image if image.mode == "RGB" else image.convert("RGB")
     cx, cy, r = fov_circle(image)
     box = (round(cx - r), round(cy - r), round(cx + r), round(cy + r))
-    return place(image.crop(box), size, "pad", Geometry(rotation_deg=rotation))
+    return place(image.crop(box), size, "pad", Affine(rotation_deg=rotation))
 
 
 def _disc_mask(size: int, radius: float = 0.85) -> np.ndarray:
@@ -110,6 +110,7 @@ def vessel_image(view: Image.Image) -> Image.Image:
 
 def hash_view(view: Image.Image) -> np.ndarray:
     """The 512-bit code (``uint8[64]``) of a FOV view: pHash 16 then dHash 16 of its vessel image."""
+    imagehash = require("imagehash", extra="audit", purpose="perceptual hashing")
     vessels = vessel_image(view)
     bits = np.concatenate([imagehash.phash(vessels, 16).hash.ravel(), imagehash.dhash(vessels, 16).hash.ravel()])
     return np.packbits(bits)

@@ -10,19 +10,26 @@ over the rotations.
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
+from ..extras import optional
 from .hashing import hamming
 
 logger = logging.getLogger(__name__)
 
-try:
-    import faiss
-except ImportError:  # pragma: no cover - faiss-cpu is a dependency; keep working without it
-    faiss = None
-    logger.warning("faiss is not installed: nearest-neighbour search falls back to numpy (exact, slower)")
+_UNSET = object()
+faiss: Any = _UNSET
+"""The faiss module, ``None`` without it; looked up at the first search, so importing the audit package
+(``vclip-eval --exclude`` does) says nothing about faiss."""
+
+
+def _faiss() -> Any:
+    global faiss
+    if faiss is _UNSET:
+        faiss = optional("faiss", extra="audit", skipped="nearest-neighbour search falls back to numpy (exact, slower)")
+    return faiss
 
 
 def _merge(best_d: np.ndarray, best_i: np.ndarray, d: np.ndarray, i: np.ndarray, k: int,
@@ -34,6 +41,7 @@ def _merge(best_d: np.ndarray, best_i: np.ndarray, d: np.ndarray, i: np.ndarray,
 
 def _chunk_search(queries: np.ndarray, block: np.ndarray, k: int, binary: bool) -> tuple[np.ndarray, np.ndarray]:
     k = min(k, len(block))
+    faiss = _faiss()
     if faiss is not None:
         if binary:
             index = faiss.IndexBinaryFlat(block.shape[1] * 8)

@@ -11,6 +11,7 @@ from typing import Mapping
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..extras import require
 from ..outputs import replace_run_outputs
 from .run import CORPUS_BASELINE, AuditResult, Pair
 
@@ -152,8 +153,7 @@ def contact_sheet(result: AuditResult, path: Path, max_pairs: int = 60, thumb: i
 
 def plot_distributions(result: AuditResult, path: Path) -> None:
     """Histograms of nearest-neighbour hash distance and cosine per query set, with the thresholds."""
-    import matplotlib
-
+    matplotlib = require("matplotlib", extra="audit", purpose="the audit's distribution plot")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -1,4 +1,5 @@
 """Zero-shot, linear-probe and k-shot evaluation: dataset readers, prompt ensembles, scores, reports."""
+from . import flair_lists as _flair_lists  # noqa: F401  (registers the "flair_csv" reader)
 from . import synfundus as _synfundus  # noqa: F401  (registers the "synfundus" reader)
 from . import published as _published  # noqa: F401  (registers the published-layout readers)
 from .datasets import READERS, DatasetSpec, EvalSet, load_dataset_table, load_eval_set

@@ -317,6 +317,28 @@ def load_dataset_table(path: str | Path) -> Mapping[str, DatasetSpec]:
     return MappingProxyType(specs)
 
 
+def chosen_roots(table: Mapping[str, DatasetSpec], data_root: Path | None, data: Sequence[str],
+                 table_path: str | Path, what: str = "dataset") -> dict[str, Path]:
+    """The data sets a program's ``--data-root DIR`` (every entry of ``table`` with a folder of its name in DIR)
+    and ``--data NAME=ROOT`` options (later ones win) choose, name -> root; a one-line :class:`UserError` for a
+    missing folder, a malformed or unknown ``--data``, or no choice at all (``what`` names the thing missing)."""
+    chosen: dict[str, Path] = {}
+    if data_root is not None:
+        if not data_root.is_dir():
+            raise UserError(f"{data_root}: --data-root folder not found")
+        chosen = {name: data_root / name for name in table if (data_root / name).is_dir()}
+    for item in data:
+        name, sep, root = item.partition("=")
+        if not sep:
+            raise UserError(f"--data {item!r}: expected NAME=ROOT")
+        if name not in table:
+            raise UserError(f"--data {item!r}: {name!r} is not in {table_path} (it has {sorted(table)})")
+        chosen[name] = Path(root)
+    if not chosen:
+        raise UserError(f"no {what} given: use --data NAME=ROOT or --data-root DIR")
+    return chosen
+
+
 def load_eval_set(spec: DatasetSpec, root: str | Path) -> EvalSet:
     """Read a dataset from its root and map its labels to prompt classes."""
     if spec.reader not in READERS:

@@ -19,7 +19,7 @@ from typing import Sequence
 from ..errors import UserError, where
 from ..files import check_input_file
 from .datasets import EvalSet
-from .sheets import _csv_text
+from .sheets import csv_text
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def read_image_list(path: str | Path) -> list[tuple[int, str]]:
     """``(row number, image path)`` of every non-empty row of an image list."""
     path = Path(path)
     check_input_file(path, "image list")
-    lines = list(csv.reader(io.StringIO(_csv_text(path))))
+    lines = list(csv.reader(io.StringIO(csv_text(path))))
     if not lines:
         raise UserError(f"{path}: empty image list")
     header = [h.strip().lower() for h in lines[0]]

@@ -18,8 +18,8 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
-from sklearn.metrics import average_precision_score, roc_auc_score
 
+from ..extras import require
 from .datasets import EvalSet
 from .prompts import PromptSet
 from .scores import resample_indices
@@ -81,6 +81,7 @@ def multilabel_metrics(targets: np.ndarray, scores: np.ndarray, classes: tuple[s
         dict[str, float], dict[str, dict[str, float]]]:
     """Macro AUC and mAP (over classes with positives and negatives) and each class's AUC, AP,
     prevalence and positive count, by scikit-learn."""
+    metrics = require("sklearn.metrics", extra="eval", purpose="multi-label AUC and mAP")
     per_class: dict[str, dict[str, float]] = {}
     aucs, aps = [], []
     for k, name in enumerate(classes):
@@ -88,8 +89,8 @@ def multilabel_metrics(targets: np.ndarray, scores: np.ndarray, classes: tuple[s
         row = {"n_positive": int(t.sum()), "prevalence": float(t.mean()) if t.size else float("nan"),
                "auc": float("nan"), "ap": float("nan")}
         if _both_sides(t):
-            row["auc"] = float(roc_auc_score(t, scores[:, k]))
-            row["ap"] = float(average_precision_score(t, scores[:, k]))
+            row["auc"] = float(metrics.roc_auc_score(t, scores[:, k]))
+            row["ap"] = float(metrics.average_precision_score(t, scores[:, k]))
             aucs.append(row["auc"])
             aps.append(row["ap"])
         per_class[name] = row

@@ -28,11 +28,14 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from ..extras import require
 from . import scores
 from .datasets import EvalSet
 from .zero_shot import ZeroShotResult, score_predictions
 
 logger = logging.getLogger(__name__)
+
+PURPOSE = "the linear probe and k-shot evaluation"
 
 C_GRID: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0)
 DEFAULT_C = 1.0
@@ -88,7 +91,7 @@ def _fit_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, n
     if present.size == 1:  # nothing to separate: always the one class seen
         probs[:, present[0]] = 1.0
         return probs
-    from sklearn.linear_model import LogisticRegression
+    LogisticRegression = require("sklearn.linear_model", extra="eval", purpose=PURPOSE).LogisticRegression
 
     clf = LogisticRegression(C=c, class_weight="balanced", max_iter=MAX_ITER, random_state=seed)
     with warnings.catch_warnings():
@@ -105,7 +108,7 @@ def choose_c(x: np.ndarray, y: np.ndarray, n_classes: int, grid: Sequence[float]
     counts = np.bincount(y, minlength=n_classes)
     if np.unique(y).size < 2 or counts[counts > 0].min() < folds:
         return DEFAULT_C
-    from sklearn.model_selection import StratifiedKFold
+    StratifiedKFold = require("sklearn.model_selection", extra="eval", purpose=PURPOSE).StratifiedKFold
 
     cv = list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y))
     best_c, best = DEFAULT_C, -1.0

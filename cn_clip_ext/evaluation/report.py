@@ -176,11 +176,13 @@ def write_reports(results: Results, eval_sets: Mapping[str, EvalSet], out_dir: s
                   meta: Mapping[str, object] | None = None, linear: Results | None = None,
                   kshot: KShotResults | None = None,
                   models: Mapping[str, Mapping[str, object]] | None = None,
-                  multilabel: Mapping[str, Mapping[str, Any]] | None = None) -> Sequence[Path]:
+                  multilabel: Mapping[str, Mapping[str, Any]] | None = None,
+                  table: str | None = None) -> Sequence[Path]:
     """Write ``report.json``, ``table.md`` and per model and dataset a PNG and a CSV.
 
     ``multilabel`` (model -> data set -> :class:`~.multilabel.MultiLabelResult`) adds a
     ``multilabel`` JSON section, its Markdown table and a ``scores__*.csv`` per model and set.
+    ``table`` replaces the zero-shot Markdown table (e.g. the Table-1 table of several families).
 
     ``linear`` (scored on each set's test part) and ``kshot`` add their own JSON sections
     (``linear_probe``, ``kshot``) and Markdown tables; linear probes get ``__linear`` files.
@@ -190,14 +192,15 @@ def write_reports(results: Results, eval_sets: Mapping[str, EvalSet], out_dir: s
     """
     out = Path(out_dir)
     with replace_run_outputs(out, REPORT_KIND, REPORT_FILES, "report folder") as stage:
-        written = _write_reports(results, eval_sets, stage, meta, linear, kshot, models, multilabel)
+        written = _write_reports(results, eval_sets, stage, meta, linear, kshot, models, multilabel, table)
     return [out / p.name for p in written]
 
 
 def _write_reports(results: Results, eval_sets: Mapping[str, EvalSet], out: Path,
                    meta: Mapping[str, object] | None, linear: Results | None, kshot: KShotResults | None,
                    models: Mapping[str, Mapping[str, object]] | None,
-                   multilabel: Mapping[str, Mapping[str, Any]] | None = None) -> list[Path]:
+                   multilabel: Mapping[str, Mapping[str, Any]] | None = None,
+                   table: str | None = None) -> list[Path]:
     models = {label: dict(record) for label, record in (models or {}).items()}
 
     def rows(per_model: Results) -> dict:
@@ -206,7 +209,7 @@ def _write_reports(results: Results, eval_sets: Mapping[str, EvalSet], out: Path
 
     written = _plots(results, eval_sets, out)
     report: dict = {"meta": dict(meta or {}), "models": models, "results": rows(results)}
-    table = markdown_table(results)
+    table = markdown_table(results) if table is None else table
     if linear:
         written += _plots(linear, eval_sets, out, "linear")
         report["linear_probe"] = rows(linear)

@@ -11,7 +11,9 @@ import io
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from ..errors import UserError
+from ..errors import UserError, first_line
+from ..extras import require
+from ..files import check_input_file
 
 SHEET_SUFFIXES = (".csv", ".xls", ".xlsx")
 Rows = tuple[list[str], list[dict[str, str]]]
@@ -27,7 +29,9 @@ def cell_text(value: Any) -> str:
     return text[:-2] if text.endswith(".0") and text[:-2].lstrip("-").isdigit() else text
 
 
-def _csv_text(path: Path) -> str:
+def csv_text(path: Path) -> str:
+    """The text of a CSV in UTF-8 (with or without BOM) or GBK; a FIFO or device is refused unopened."""
+    check_input_file(path, "table")
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -41,9 +45,13 @@ def _csv_text(path: Path) -> str:
 
 
 def read_csv_rows(path: Path) -> Rows:
-    """Rows of a CSV in UTF-8 (with or without BOM) or GBK, as dictionaries."""
-    reader = csv.DictReader(io.StringIO(_csv_text(path)))
-    return list(reader.fieldnames or []), list(reader)
+    """Rows of a CSV as dictionaries (see :func:`csv_text`); an unterminated quote is an error (not one
+    field swallowing the rest of the file)."""
+    reader = csv.DictReader(io.StringIO(csv_text(path)), strict=True)
+    try:
+        return list(reader.fieldnames or []), list(reader)
+    except csv.Error as exc:
+        raise UserError(f"{path}: not a readable CSV table ({first_line(exc)}; an unterminated quote?)") from None
 
 
 def _rows_of(path: Path, grid: Iterable[Sequence[Any]]) -> Rows:
@@ -62,10 +70,7 @@ def _rows_of(path: Path, grid: Iterable[Sequence[Any]]) -> Rows:
 
 
 def _read_xls(path: Path, rows_of=_rows_of) -> Rows:
-    try:
-        import xlrd
-    except ImportError:
-        raise UserError(f"{path}: reading .xls files needs the xlrd package (pip install xlrd)") from None
+    xlrd = require("xlrd", extra="eval", purpose=f"{path}: reading .xls files")
     try:
         sheet = xlrd.open_workbook(str(path)).sheet_by_index(0)
     except Exception as exc:  # xlrd raises its own and struct errors for damaged files
@@ -74,10 +79,7 @@ def _read_xls(path: Path, rows_of=_rows_of) -> Rows:
 
 
 def _read_xlsx(path: Path, rows_of=_rows_of) -> Rows:
-    try:
-        import openpyxl
-    except ImportError:
-        raise UserError(f"{path}: reading .xlsx files needs the openpyxl package (pip install openpyxl)") from None
+    openpyxl = require("openpyxl", extra="eval", purpose=f"{path}: reading .xlsx files")
     try:
         book = openpyxl.load_workbook(path, read_only=True, data_only=True)
     except Exception as exc:  # zipfile, KeyError and openpyxl's own errors for damaged files
@@ -109,7 +111,10 @@ def read_grid(path: str | Path) -> list[list[str]]:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        return [[cell_text(v) for v in line] for line in csv.reader(io.StringIO(_csv_text(path)))]
+        try:
+            return [[cell_text(v) for v in line] for line in csv.reader(io.StringIO(csv_text(path)), strict=True)]
+        except csv.Error as exc:
+            raise UserError(f"{path}: not a readable CSV table ({first_line(exc)}; an unterminated quote?)") from None
     grid: list[list[str]] = []
 
     def collect(_: Path, lines: Iterable[Sequence[Any]]) -> Rows:

@@ -13,7 +13,8 @@ from tqdm import tqdm
 
 from ..errors import UserError
 from ..model.inference import Decoded, SplitTransform, decoded, encode_batches
-from .classifier import class_embeddings
+from ..model.protocols import SingleEyeScaled
+from .classifier import class_embeddings, encodes_per_class
 from . import scores
 from .datasets import EvalSet
 from .prompts import PromptSet
@@ -119,7 +120,8 @@ class ClassEmbedder:
         todo = [k for k in dict.fromkeys(class_keys) if k not in self._done]
         if todo:
             self.model.eval()
-            emb = class_embeddings(self.model.encode_text, self.tokenizer, self.prompts.for_classes(todo), self.device)
+            emb = class_embeddings(self.model.encode_text, self.tokenizer, self.prompts.for_classes(todo), self.device,
+                                   per_class=encodes_per_class(self.model))
             self._done.update(zip(todo, emb.cpu()))
         return torch.stack([self._done[k] for k in class_keys])
 
@@ -132,6 +134,6 @@ def zero_shot_features(model: torch.nn.Module, tokenizer: Callable, eval_set: Ev
     ``embedder`` per model and prompt set to encode shared classes once across data sets."""
     model.eval()
     class_emb = (embedder or ClassEmbedder(model, tokenizer, prompts, device))(eval_set.classes)
-    scale = getattr(model, "single_eye_scale", model.logit_scale)  # a tripartite model's chosen head
+    scale = model.single_eye_scale if isinstance(model, SingleEyeScaled) else model.logit_scale
     probs = classify(image_features, class_emb, float(scale.exp()))
     return score_predictions(eval_set, probs, n_resamples)

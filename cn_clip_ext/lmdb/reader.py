@@ -1,7 +1,14 @@
 """Read Chinese-CLIP LMDB splits safely and lazily.
 
-``pairs`` values are pickles, read only through :mod:`.lmdb_pickle`'s restricted unpickler
+``pairs`` values are pickles, read only through :mod:`.unpickle`'s restricted unpickler
 (:func:`safe_loads_pair`, :func:`safe_loads_patient`, re-exported here), which runs no code.
+
+A damaged or hostile split is a one-line :class:`~cn_clip_ext.errors.UserError` naming the
+database and the record, never a crash or a traceback from lmdb, pickle or PIL: a truncated or
+garbage ``data.mdb`` (see :mod:`.store`), a count that disagrees with the records, a record that
+is not a safe pickle (:class:`UnsafeRecordError`), an image value that is not base64, an image
+that declares more than :data:`~.validate.MAX_IMAGE_PIXELS` pixels (refused before decoding) or
+that does not decode.
 
 :class:`LmdbPairDataset` (one image per sample) and :class:`LmdbPatientDataset` (RET-CLIP: both
 eyes of a patient per sample) open their environments on first use in each process (each
@@ -10,9 +17,9 @@ manifest names.
 """
 from __future__ import annotations
 
-import base64
 import csv
 import io
+import logging
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -23,14 +30,46 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+import lmdb
+
+from ..errors import UserError
+
 from ..model.tokenizer import Tokenizer
+from ..model.protocols import square_size
 from ..model.transforms import accepts_arrays, eval_transform, open_rgb, read_rgb
 from .unpickle import (  # noqa: F401  (re-exported)
     PairRecord, PatientRecord, RestrictedUnpickler, UnsafeRecordError, safe_loads_pair, safe_loads_patient,
 )
-from .store import IMGS, NUM_IMAGES, NUM_SAMPLES, PAIRS, acquire_readonly, readonly, release_readonly
+from .store import (
+    IMGS, NUM_IMAGES, NUM_SAMPLES, PAIRS, acquire_readonly, database_file, read_failure, readonly, release_readonly,
+)
 from .tables import LABELS_TABLE, read_kind
-from .validate import PAIRS_KIND, PATIENTS_KIND, normalize_caption
+from .validate import (
+    PAIRS_KIND, PATIENTS_KIND, decode_stored_value, image_dimensions, normalize_caption, too_many_pixels,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def read_count(env: lmdb.Environment, path: Path, key: bytes) -> int:
+    """The count stored under ``key`` (``num_samples``, ``num_images``), checked against the records
+    the database really holds (every key but the count); a one-line :class:`UserError` otherwise."""
+    try:
+        with env.begin() as txn:
+            raw = txn.get(key)
+        entries = env.stat()["entries"]
+    except lmdb.Error as exc:
+        raise read_failure(exc, path, key.decode()) from None
+    if raw is None:
+        raise UserError(f"{database_file(path)}: no {key.decode()} key (an unfinished build?)")
+    text = bytes(raw).decode("ascii", "replace").strip()
+    if not text.isdigit():
+        raise UserError(f"{database_file(path)}: {key.decode()} is not a count")  # the value is data, not shown
+    count = int(text)
+    if count != entries - 1:
+        raise UserError(f"{database_file(path)}: {key.decode()} says {count} but the database holds "
+                        f"{entries - 1} records; the build is damaged or unfinished, rebuild it")
+    return count
 
 
 class _LmdbSplit(Dataset):
@@ -44,7 +83,7 @@ class _LmdbSplit(Dataset):
                  tokenizer: Tokenizer | None = None, *, token_cache: int = 4096):
         self.split_dir = Path(split_dir)
         for kind in (IMGS, PAIRS):
-            if not (self.split_dir / kind / "data.mdb").is_file():
+            if not (self.split_dir / kind / "data.mdb").exists():
                 raise FileNotFoundError(f"{self.split_dir / kind}: no LMDB database")
         self.transform = transform if transform is not None else eval_transform(224)
         self.tokenizer = tokenizer if tokenizer is not None else Tokenizer()
@@ -59,11 +98,10 @@ class _LmdbSplit(Dataset):
     def _counts(self) -> tuple[int, int]:
         out = []
         for kind, key in ((PAIRS, NUM_SAMPLES), (IMGS, NUM_IMAGES)):
-            with readonly(self.split_dir / kind) as env, env.begin() as txn:
-                raw = txn.get(key)
-            if raw is None:
-                raise ValueError(f"{self.split_dir / kind}: no {key.decode()} key (an unfinished build?)")
-            out.append(int(raw))
+            with readonly(self.split_dir / kind) as env:
+                out.append(read_count(env, self.split_dir / kind, key))
+        if out[0] == 0:
+            logger.warning("%s: the split holds no samples", self.split_dir)
         return out[0], out[1]
 
     def _txn(self, kind: str):
@@ -97,31 +135,67 @@ class _LmdbSplit(Dataset):
     def __len__(self) -> int:
         return self.num_samples
 
+    def _get(self, kind: str, key: str, what: str):
+        try:
+            return self._txn(kind).get(key.encode())
+        except lmdb.Error as exc:
+            raise read_failure(exc, self.split_dir / kind, what) from None
+
     def _raw_record(self, index: int) -> bytes:
         if not 0 <= index < self.num_samples:
             raise IndexError(index)
-        raw = self._txn(PAIRS).get(str(index).encode())
+        raw = self._get(PAIRS, str(index), f"record {index}")
         if raw is None:
-            raise KeyError(f"{self.split_dir}: no pair {index}")
+            raise UserError(f"{database_file(self.split_dir / PAIRS)}: no record {index} although num_samples is "
+                            f"{self.num_samples}; the build is damaged, rebuild it")
         return raw
+
+    def _record(self, index: int, load: Callable[[bytes], Any]) -> Any:
+        try:
+            return load(self._raw_record(index))
+        except UnsafeRecordError as exc:
+            raise UnsafeRecordError(f"{database_file(self.split_dir / PAIRS)}: record {index}: {exc}") from None
 
     def image_bytes(self, image_id: int | str) -> bytes:
         """The stored (encoded, not base64) bytes of an image."""
-        raw = self._txn(IMGS).get(str(image_id).encode())
+        raw = self._get(IMGS, str(image_id), f"image {image_id}")
         if raw is None:
-            raise KeyError(f"{self.split_dir}: no image {image_id}")
-        return base64.urlsafe_b64decode(bytes(raw))
+            raise UserError(f"{database_file(self.split_dir / IMGS)}: no image {image_id}, which a record names; "
+                            "the build is damaged, rebuild it")
+        try:
+            return decode_stored_value(raw)
+        except ValueError as exc:
+            raise UserError(f"{database_file(self.split_dir / IMGS)}: image {image_id} is {exc}") from None
+
+    def _checked_bytes(self, image_id: int | str) -> bytes:
+        """:meth:`image_bytes`, refused when the header declares too many pixels (a decompression bomb)."""
+        data = self.image_bytes(image_id)
+        try:
+            bomb = too_many_pixels(*image_dimensions(data))
+        except ValueError as exc:
+            raise UserError(f"{database_file(self.split_dir / IMGS)}: image {image_id} is {exc}") from None
+        if bomb:
+            raise UserError(f"{database_file(self.split_dir / IMGS)}: image {image_id} {bomb}; refused")
+        return data
+
+    def _decoded(self, image_id: int | str, decode: Callable[..., Any], min_size: int | None) -> Any:
+        data = self._checked_bytes(image_id)
+        try:
+            return decode(io.BytesIO(data), min_size)
+        except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
+            raise UserError(f"{database_file(self.split_dir / IMGS)}: image {image_id} does not decode "
+                            f"({type(exc).__name__})") from None
 
     def _decode(self, image_id: int | str, min_size: int | None = None) -> Image.Image:
-        return open_rgb(io.BytesIO(self.image_bytes(image_id)), min_size)
+        return self._decoded(image_id, open_rgb, min_size)
 
     def _transformed(self, image_id: int | str) -> Any:
         """``transform`` of an image; JPEGs decode at a reduced scale no less than twice the
         transform's ``size`` when it has one (see :func:`~cn_clip_ext.model.transforms.open_rgb`)."""
-        size = getattr(self.transform, "size", None)
-        min_size = 2 * size if isinstance(size, int) else None
+        size = square_size(self.transform)
+        min_size = 2 * size if size is not None else None
         decode = read_rgb if accepts_arrays(self.transform) else open_rgb  # arrays: no PIL copy of the pixels
-        return self.transform(decode(io.BytesIO(self.image_bytes(image_id)), min_size))
+        return self.transform(self._decoded(image_id, decode, min_size))
 
     def _tokenize(self, text: str):
         return self.tokenizer(normalize_caption(text))[0]
@@ -148,7 +222,7 @@ class LmdbPairDataset(_LmdbSplit):
 
     def record(self, index: int) -> PairRecord:
         """The raw ``(image_id, text_id, text)`` of sample ``index``."""
-        return safe_loads_pair(self._raw_record(index))
+        return self._record(index, safe_loads_pair)
 
     def image(self, index: int) -> Image.Image:
         """The decoded RGB image of sample ``index``."""
@@ -191,7 +265,7 @@ class LmdbPatientDataset(_LmdbSplit):
 
     def record(self, index: int) -> PatientRecord:
         """The raw ``(patient_id, left_image_id, right_image_id, report)`` of sample ``index``."""
-        return safe_loads_patient(self._raw_record(index))
+        return self._record(index, safe_loads_patient)
 
     def images(self, index: int) -> tuple[Image.Image | None, Image.Image | None]:
         """The decoded RGB ``(left, right)`` eye images of sample ``index`` (``None``: missing)."""
@@ -228,10 +302,15 @@ def dataset_kind(split_dir: str | Path) -> str:
     kind = read_kind(split_dir.parent)
     if kind is not None:
         if kind not in DATASETS:
-            raise ValueError(f"{split_dir.parent}: unknown record kind {kind!r} in the manifest")
+            raise UserError(f"{split_dir.parent / 'manifest.json'}: unknown record kind in the manifest "
+                            f"(this version reads {', '.join(DATASETS)})")
         return kind
-    with readonly(split_dir / PAIRS) as env, env.begin() as txn:
-        raw = txn.get(b"0")
+    with readonly(split_dir / PAIRS) as env:
+        try:
+            with env.begin() as txn:
+                raw = txn.get(b"0")
+        except lmdb.Error as exc:
+            raise read_failure(exc, split_dir / PAIRS, "record 0") from None
     if raw is not None:
         try:
             safe_loads_patient(raw)

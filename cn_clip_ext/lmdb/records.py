@@ -24,7 +24,7 @@ from .store import IMGS, PAIRS
 from .splits import SplitRatios, split_of
 from .validate import (
     DUPLICATE_FILE_NAME, DUPLICATE_PATIENT_ID, EMPTY_FILE_NAME, EMPTY_PATIENT_ID, NO_EYE_IMAGE, NO_USABLE_EYE,
-    PAIRS_KIND, PATIENTS_KIND, CsvInfo, RowReject, eye_fields,
+    PAIRS_KIND, PATIENTS_KIND, CsvInfo, RowReject, eye_fields, normalize_path,
 )
 
 PICKLE_PROTOCOL = 4
@@ -67,6 +67,10 @@ class RecordKind:
     count_name: str = "images"
     """What the samples are called in the summary and manifest (``images`` or ``patients``)."""
 
+    def key(self, value: str) -> str:
+        """The row's key as duplicates, splits and shards judge it (from its stripped key column)."""
+        return value
+
     def files(self, info: CsvInfo, fields: Sequence[str], key: str) -> tuple[str, ...]:
         """The image paths of a row (``""`` where a short, malformed row has none)."""
         raise NotImplementedError
@@ -99,6 +103,9 @@ class PairKind(RecordKind):
     splits_header = ("file_name", "split", "image_id")
     labels_header = ("image_id", "file_name")
     rejects_header = ("row", "file_name", "reason", "detail")
+
+    def key(self, value: str) -> str:
+        return normalize_path(value)  # ./a.png and a.png are one file
 
     def files(self, info: CsvInfo, fields: Sequence[str], key: str) -> tuple[str, ...]:
         return (key,)

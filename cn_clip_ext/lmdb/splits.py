@@ -7,6 +7,7 @@ corpus, never moves an image to another split.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
@@ -29,7 +30,7 @@ class SplitRatios:
 
     def __post_init__(self) -> None:
         values = (self.train, self.valid, self.test)
-        if any(v < 0 for v in values) or sum(values) <= 0:
+        if not all(math.isfinite(v) and v >= 0 for v in values) or sum(values) <= 0:
             raise ValueError(f"split ratios must be non-negative with a positive sum, got {values}")
 
     @classmethod

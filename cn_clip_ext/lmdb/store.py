@@ -2,16 +2,25 @@
 
 Environments start with a modest map and grow (doubling, at most :data:`MAX_GROWTH` a step)
 whenever a write transaction hits ``MDB_MAP_FULL``, so no build reserves a terabyte.
+
+Every environment is opened here (:func:`open_readonly`, :func:`open_writable`), and checked: the
+``data.mdb`` must be a regular file, lmdb must accept it, and it must be as long as the pages its
+meta page says are used (a truncated file would otherwise be memory-mapped and crash the process
+with SIGBUS on the first read past its end). Any failure is one :class:`UserError` naming the file.
 """
 from __future__ import annotations
 
 import logging
 import os
+import stat
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import lmdb
+
+from ..errors import UserError, first_line
+from ..outputs import is_disk_full, write_failure
 
 logger = logging.getLogger(__name__)
 
@@ -22,17 +31,83 @@ NUM_IMAGES, NUM_SAMPLES = b"num_images", b"num_samples"
 """Chinese-CLIP's count keys in the ``imgs`` and ``pairs`` databases."""
 
 
+DATA_FILE = "data.mdb"
+
+
+def database_file(path: Path) -> Path:
+    """The ``data.mdb`` of an environment folder."""
+    return Path(path) / DATA_FILE
+
+
+def _check_data_file(path: Path, must_exist: bool) -> None:
+    data = database_file(path)
+    try:
+        st = os.stat(data)
+    except FileNotFoundError:
+        if must_exist:
+            raise UserError(f"{data}: no LMDB database (an unfinished or damaged build?)") from None
+        return
+    except OSError as exc:
+        raise UserError(f"{data}: cannot read the LMDB database ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise UserError(f"{data}: not a regular file, so not an LMDB database")
+    if st.st_size == 0 and must_exist:  # (lmdb initialises an empty file it is to write)
+        raise UserError(f"{data}: empty file, not an LMDB database; rebuild it")
+
+
+def _check_length(env: lmdb.Environment, path: Path) -> None:
+    """Refuse a ``data.mdb`` shorter than the pages its meta page says are in use (read past the
+    end of a memory-mapped file is SIGBUS, not an error)."""
+    need = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    have = os.stat(database_file(path)).st_size
+    if have < need:
+        env.close()
+        raise UserError(f"{database_file(path)}: truncated LMDB database ({have} bytes, its pages need {need}); "
+                        "rebuild it (or copy it again)")
+
+
+def _opened(path: Path, must_exist: bool, **kwargs) -> lmdb.Environment:
+    _check_data_file(path, must_exist)
+    try:
+        env = lmdb.open(str(path), subdir=True, readahead=False, meminit=False, **kwargs)
+    except lmdb.Error as exc:
+        if is_disk_full(exc):
+            raise write_failure(exc, path, "LMDB database") from None
+        raise UserError(f"{database_file(path)}: not a readable LMDB database ({_lmdb_reason(exc, path)}); "
+                        "rebuild it") from None
+    try:
+        _check_length(env, path)
+    except lmdb.Error as exc:
+        env.close()
+        raise UserError(f"{database_file(path)}: not a readable LMDB database ({_lmdb_reason(exc, path)})") from None
+    return env
+
+
+def _lmdb_reason(exc: BaseException, path: Path) -> str:
+    """lmdb's message without the path it starts with."""
+    text = first_line(exc)
+    prefix = f"{path}: "
+    return text[len(prefix):] if text.startswith(prefix) else text
+
+
 def open_writable(path: Path) -> lmdb.Environment:
     """Open (creating) an LMDB environment directory for writing."""
-    path.mkdir(parents=True, exist_ok=True)
-    return lmdb.open(str(path), map_size=INITIAL_MAP_SIZE, subdir=True, readahead=False, meminit=False,
-                     max_dbs=0)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_failure(exc, path, "LMDB database") from None
+    return _opened(path, False, map_size=INITIAL_MAP_SIZE, max_dbs=0)
 
 
 def open_readonly(path: Path) -> lmdb.Environment:
     """Open an existing LMDB environment read-only, without a lock file (safe for workers)."""
-    return lmdb.open(str(path), readonly=True, create=False, lock=False, readahead=False, meminit=False,
-                     subdir=True, max_readers=512)
+    return _opened(Path(path), True, readonly=True, create=False, lock=False, max_readers=512)
+
+
+def read_failure(exc: BaseException, path: Path, what: str) -> UserError:
+    """The one-line error for an lmdb error while reading ``what`` (e.g. ``"record 12"``) of ``path``."""
+    return UserError(f"{database_file(path)}: {what} cannot be read ({_lmdb_reason(exc, Path(path))}); the "
+                     "database is damaged, rebuild it")
 
 
 _SHARED: dict[str, list] = {}  # resolved path -> [pid, environment, references]
@@ -102,3 +177,5 @@ def put_all(env: lmdb.Environment, items: Iterable[tuple[bytes, bytes]]) -> None
             return
         except lmdb.MapFullError:
             grow(env)
+        except lmdb.Error as exc:  # ENOSPC, EIO: lmdb raises its own type with the OS message
+            raise write_failure(exc, Path(env.path()), "LMDB database", "run the same command again to resume")

@@ -13,7 +13,7 @@ import os
 from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Protocol
+from typing import Any, Callable, Iterator, Mapping, Protocol
 
 from .journal import Journal, RowOutcome
 from .records import EYES, record_kind
@@ -158,8 +158,11 @@ def _eyes_present(outcome: RowOutcome) -> str:
 
 
 def write_side_tables(out: Path, info: CsvInfo, journal: Journal, fingerprint: Mapping[str, Any],
-                      cfg: BuildSettings) -> int:
+                      cfg: BuildSettings, digest: Callable[[Path], str] | None = None) -> int:
     """Write every side table and, last, the manifest; returns the number of rejected rows.
+
+    ``digest(out)``, when given, is recorded in the manifest as ``content_digest`` (it is taken
+    after every other table is in place; see :mod:`.digest`).
 
     For patients ``summary.json`` also counts the patients per split, which eyes they have
     (``eyes``) and the eye images rejected on their own or with their row (``rejected_images``).
@@ -223,6 +226,8 @@ def write_side_tables(out: Path, info: CsvInfo, journal: Journal, fingerprint: M
         manifest["kind"] = kind.name
     _write_json(out / SUMMARY, summary)
     manifest["bytes"] = {s: {k: (out / s / k / "data.mdb").stat().st_size for k in (IMGS, PAIRS)} for s in SPLITS}
+    if digest is not None:
+        manifest["content_digest"] = digest(out)
     _write_json(out / MANIFEST, manifest)
     return summary["rejected"]["total"]
 

@@ -11,16 +11,20 @@ import io
 import pickle
 from typing import Any, NamedTuple
 
+from ..errors import UserError
 
-class UnsafeRecordError(pickle.UnpicklingError):
-    """A ``pairs`` record that is not a plain tuple of the expected shape."""
+
+class UnsafeRecordError(UserError, pickle.UnpicklingError):
+    """A ``pairs`` record that is not a plain tuple of the expected shape (a one-line user error:
+    the readers re-raise it with the database and record named)."""
 
 
 class RestrictedUnpickler(pickle.Unpickler):
     """An unpickler that refuses every global (class, function) and persistent id."""
 
     def find_class(self, module: str, name: str) -> Any:
-        raise UnsafeRecordError(f"refusing to load global {module}.{name} from an LMDB record")
+        # the names are the record's data, not shown
+        raise UnsafeRecordError("refusing to load a global (a class or function) from an LMDB record")
 
     def persistent_load(self, pid: Any) -> Any:
         raise UnsafeRecordError("refusing a persistent id in an LMDB record")
@@ -39,7 +43,12 @@ class PairRecord(NamedTuple):
 
 
 def _restricted_load(data: bytes) -> Any:
-    return RestrictedUnpickler(io.BytesIO(bytes(data))).load()
+    try:
+        return RestrictedUnpickler(io.BytesIO(bytes(data))).load()
+    except UnsafeRecordError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - garbage bytes raise any of a dozen types
+        raise UnsafeRecordError(f"not a pickle ({type(exc).__name__})") from None
 
 
 def safe_loads_pair(data: bytes) -> PairRecord:
@@ -68,7 +77,7 @@ def safe_loads_patient(data: bytes) -> PatientRecord:
         raise UnsafeRecordError(f"expected (patient_id, left_image_id, right_image_id, report), "
                                 f"got {type(obj).__name__}")
     if obj[1] < 0 and obj[2] < 0:
-        raise UnsafeRecordError(f"patient {obj[0]!r} has no eye image")
+        raise UnsafeRecordError("the patient record has no eye image")
     return PatientRecord(*obj)
 
 

@@ -9,6 +9,10 @@ import base64
 import codecs
 import csv
 import io
+import itertools
+import math
+import os
+import posixpath
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -17,7 +21,11 @@ from typing import Iterator, Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import UserError, where
+from ..errors import UserError, first_line, where
+from ..files import (
+    DEFAULT_MAX_INPUT_BYTES, FILE_EMPTY, FILE_MISSING, FILE_NOT_REGULAR, FILE_TOO_LARGE, InputFileError,
+    check_input_file, read_input_file,
+)
 from ..model.png import PNG_SIGNATURE, fast_png, png_bit_depth
 from ..layouts import PATIENT_COLUMNS
 
@@ -33,6 +41,9 @@ TRUNCATED = "truncated_image"
 UNDECODABLE = "undecodable_image"
 WRONG_MODE = "wrong_mode"
 TOO_LARGE = "image_too_large"
+NOT_A_FILE = "not_a_regular_file"
+FILE_TOO_BIG = "file_too_large"
+OUTSIDE_ROOT = "path_outside_root"
 # Patient-level rows (the ``patients`` record kind) add these.
 EMPTY_PATIENT_ID = "empty_patient_id"
 DUPLICATE_PATIENT_ID = "duplicate_patient_id"
@@ -40,7 +51,7 @@ NO_EYE_IMAGE = "no_eye_image"
 NO_USABLE_EYE = "no_usable_eye"
 REASONS: tuple[str, ...] = (
     MALFORMED_ROW, EMPTY_FILE_NAME, EMPTY_CAPTION, DUPLICATE_FILE_NAME, MISSING_FILE, UNREADABLE_FILE,
-    ZERO_BYTE, TRUNCATED, UNDECODABLE, WRONG_MODE, TOO_LARGE,
+    ZERO_BYTE, TRUNCATED, UNDECODABLE, WRONG_MODE, TOO_LARGE, NOT_A_FILE, FILE_TOO_BIG, OUTSIDE_ROOT,
     EMPTY_PATIENT_ID, DUPLICATE_PATIENT_ID, NO_EYE_IMAGE, NO_USABLE_EYE,
 )
 
@@ -78,6 +89,9 @@ class InputSpec:
     kind: str | None = None
     """``"pairs"`` (``image_col``/``text_col``), ``"patients"`` (:data:`PATIENT_COLUMNS`) or ``None``:
     detected from the header (:func:`detect_kind`)."""
+    allow_outside_root: bool = False
+    """Accept image paths that leave ``image_root`` (absolute, ``..``, a symlink out of it); by default
+    such a row is rejected (:data:`OUTSIDE_ROOT`)."""
 
     def __post_init__(self) -> None:
         if self.kind is not None and self.kind not in KINDS:
@@ -123,15 +137,37 @@ def _count_rows(path: Path, encoding: str) -> tuple[list[str], int]:
         header = next(reader, None)
         if header is None:
             raise UserError(f"{where(path)}: empty CSV, no header row")
-        rows = sum(1 for _ in reader)
+        rows, last_start, last = 0, 1, header
+        while True:
+            start = reader.line_num + 1  # the physical line the next record starts on
+            fields = next(reader, None)
+            if fields is None:
+                break
+            rows, last_start, last = rows + 1, start, fields
+    if any("\n" in f or "\r" in f for f in last):
+        _check_last_record(path, encoding, last_start, rows)
     return header, rows
+
+
+def _check_last_record(path: Path, encoding: str, start_line: int, row: int) -> None:
+    """Refuse a CSV whose last record is a quoted field left open (the csv module would silently
+    read the rest of the file into it): parse that record again, strictly."""
+    with open(path, encoding=encoding, newline="") as fh:
+        tail = itertools.islice(fh, max(0, start_line - 1), None)
+        try:
+            for _ in csv.reader(tail, strict=True):
+                pass
+        except csv.Error:
+            raise UserError(f"{where(path, row)}: unterminated quote (a quoted field runs to the end of the "
+                            "file); close the quote or remove it") from None
 
 
 def scan_csv(spec: InputSpec) -> CsvInfo:
     """Read the whole CSV once (streaming) to detect its encoding, check columns and count rows."""
     path = spec.csv_path
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"{where(path)}: no such annotation CSV")
+    check_input_file(path, "annotation CSV", max_bytes=None)  # a FIFO or device would block the read
     candidates = [spec.encoding] if spec.encoding else _sniff_encoding(path)
     header: list[str] | None = None
     for encoding in candidates:
@@ -142,14 +178,16 @@ def scan_csv(spec: InputSpec) -> CsvInfo:
             continue
         except LookupError:
             raise UserError(f"{where(path)}: unknown text encoding {encoding!r}") from None
-        except csv.Error as exc:
-            raise UserError(f"{where(path)}: not a readable CSV ({exc})") from None
+        except csv.Error as exc:  # the csv module's messages name no content
+            raise UserError(f"{where(path)}: not a readable CSV ({first_line(exc)})") from None
         except OSError as exc:
             raise UserError(f"{where(path)}: cannot read ({exc.strerror or exc})") from None
     if header is None:
         raise UserError(f"{where(path)}: not a text CSV in {' or '.join(candidates)} "
                         "(UTF-8, UTF-8 with BOM, UTF-16 with BOM and GBK are read; see --encoding)")
     header = [h.strip() for h in header]
+    if rows == 0:
+        raise UserError(f"{where(path)}: the CSV has a header row but no data rows; nothing to build")
     kind = spec.kind or detect_kind(spec, header)
     required = PATIENT_COLUMNS if kind == PATIENTS_KIND else (spec.image_col, spec.text_col)
     missing = [c for c in required if c not in header]
@@ -157,8 +195,9 @@ def scan_csv(spec: InputSpec) -> CsvInfo:
         what = "patient-level column" if kind == PATIENTS_KIND else "column"
         detected = spec.kind is None and kind == PATIENTS_KIND
         hint = "; for one image per row name its --image-col and --text-col" if detected else ""
+        # the header itself is not shown: the first line of an arbitrary file is data
         raise UserError(f"{where(path)}: missing required {what} {', '.join(map(repr, missing))} "
-                        f"(columns: {', '.join(header)}{hint})")
+                        f"(the header row has {len(header)} fields){hint}")
     skip = {*required, *spec.not_labels}
     labels = tuple((i, h) for i, h in enumerate(header) if h not in skip and h)
     label_cols, label_indices = tuple(h for _, h in labels), tuple(i for i, _ in labels)
@@ -229,8 +268,12 @@ class ImageOptions:
     """JPEG quality."""
     convert_modes: bool = False
     """Convert grey, palette, RGBA and 16-bit images to 8-bit RGB instead of rejecting them."""
+    max_bytes: int = DEFAULT_MAX_INPUT_BYTES
+    """Image files larger than this are rejected (:data:`FILE_TOO_BIG`) before they are read."""
 
     def __post_init__(self) -> None:
+        if self.max_bytes < 1:
+            raise ValueError(f"the image size limit must be >= 1 byte, got {self.max_bytes}")
         if self.format not in ("jpeg", "png"):
             raise ValueError(f"image format must be 'jpeg' or 'png', got {self.format!r}")
         if not 1 <= self.quality <= 100:
@@ -247,9 +290,96 @@ class RowReject(Exception):
         self.reason, self.detail = reason, detail
 
 
+MAX_IMAGE_PIXELS = 1 << 26
+"""The most pixels an image may declare (67 M, e.g. 8192 x 8192; fundus cameras give at most about
+24 M): a larger header is refused before any pixel is decoded, by the build and by the readers."""
+
+
+def too_many_pixels(width: int, height: int) -> str | None:
+    """Why ``width`` x ``height`` is refused (above :data:`MAX_IMAGE_PIXELS`, or not positive), else ``None``."""
+    if width < 1 or height < 1:
+        return f"declares {width} x {height} pixels"
+    if width * height > MAX_IMAGE_PIXELS:
+        return f"declares {width} x {height} pixels, above the limit of {MAX_IMAGE_PIXELS}"
+    return None
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # no length field
+            i += 2
+            continue
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a start-of-frame segment
+            if i + 9 > n:
+                return None
+            height, width = int.from_bytes(data[i + 5:i + 7], "big"), int.from_bytes(data[i + 7:i + 9], "big")
+            return (width, height) if height else None  # 0: the height comes later (DNL), ask PIL
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return None
+
+
+def image_dimensions(data: bytes) -> tuple[int, int]:
+    """``(width, height)`` an encoded image declares, read from its header without decoding pixels
+    (PNG and JPEG directly; any other format through PIL's lazy open). Raises ``ValueError`` for
+    bytes that are not an image."""
+    if data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR" and len(data) >= 24:
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if data[:3] == b"\xff\xd8\xff":
+        size = _jpeg_size(data)
+        if size is not None:
+            return size
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size
+    except Image.DecompressionBombError:
+        return (MAX_IMAGE_PIXELS + 1, 1)  # PIL read the header and found it beyond its own limit
+    except Exception as exc:  # noqa: BLE001 - PIL raises many types for garbage
+        raise ValueError(f"not a recognised image ({type(exc).__name__})") from None
+
+
+def decode_stored_value(raw: bytes) -> bytes:
+    """The image bytes of an ``imgs`` value: URL-safe base64 (as cn_clip writes and reads it), checked
+    strictly (``ValueError`` for other characters; :func:`base64.urlsafe_b64decode` would skip them)."""
+    import binascii
+
+    try:
+        return base64.b64decode(bytes(raw), altchars=b"-_", validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("not URL-safe base64") from None
+
+
+def check_stored_image(raw: bytes, decode: bool = True) -> str | None:
+    """What is wrong with an ``imgs`` value (not base64, not an image, a decompression bomb, with
+    ``decode`` also: its pixels do not decode), or ``None``. Nothing of the value is quoted."""
+    try:
+        data = decode_stored_value(raw)
+        bomb = too_many_pixels(*image_dimensions(data))
+    except ValueError as exc:
+        return f"is {exc}"
+    if bomb:
+        return bomb
+    if decode:
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                image.load()
+        except Exception as exc:  # noqa: BLE001 - PIL raises many types for a corrupt image
+            return f"does not decode ({type(exc).__name__})"
+    return None
+
+
 def _decode(data: bytes) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data))  # header, chunk checks and the decompression-bomb limit
+        bomb = too_many_pixels(*image.size)
+        if bomb:
+            raise RowReject(TOO_LARGE, f"image {bomb}")
         fast = fast_png(image, data)
         if fast is not None:
             return fast
@@ -285,7 +415,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 def check_image(data: bytes, options: ImageOptions) -> Image.Image:
     """Decode and check one image file's bytes; an 8-bit RGB image or :class:`RowReject`."""
     if not data:
-        raise RowReject(ZERO_BYTE, "file is empty")
+        raise RowReject(ZERO_BYTE, "empty file")
     image = _decode(data)
     depth = png_bit_depth(data)
     if image.mode == "RGB" and depth == 8:
@@ -328,16 +458,54 @@ def encode_image(image: Image.Image, options: ImageOptions) -> bytes:
     return buf.getvalue()
 
 
-def read_file(path: Path) -> bytes:
+_FILE_REASONS = {FILE_MISSING: MISSING_FILE, FILE_NOT_REGULAR: NOT_A_FILE, FILE_EMPTY: ZERO_BYTE,
+                 FILE_TOO_LARGE: FILE_TOO_BIG}
+
+
+def read_file(path: Path, max_bytes: int | None = DEFAULT_MAX_INPUT_BYTES) -> bytes:
+    """An image file's bytes (:func:`~cn_clip_ext.files.read_input_file`: a FIFO, device or folder is
+    refused at once, a file above ``max_bytes`` before it is read), or :class:`RowReject`."""
     try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise RowReject(MISSING_FILE, str(path)) from None
-    except OSError as exc:
-        raise RowReject(UNREADABLE_FILE, f"{path}: {exc.strerror or exc}") from None
+        return read_input_file(path, "image", max_bytes)
+    except InputFileError as exc:
+        raise RowReject(_FILE_REASONS.get(exc.problem, UNREADABLE_FILE), str(exc)) from None
 
 
-def process_image(path: Path, options: ImageOptions) -> bytes:
-    """File -> base64 (URL-safe, as cn_clip's LMDBDataset decodes) of the re-encoded image."""
-    image = check_image(read_file(path), options)
+def normalize_path(name: str) -> str:
+    """The spelling of a relative image path that duplicates, splits and shards are judged on:
+    ``./a.png``, ``a.png`` and ``x/../a.png`` are one file."""
+    return posixpath.normpath(name) if name else name
+
+
+def escapes_root(name: str) -> str | None:
+    """Why the CSV path ``name`` leaves its image root by its spelling alone (absolute, or ``..``
+    above the root), else ``None``; :func:`outside_root` also follows symlinks."""
+    if os.path.isabs(name):
+        return "absolute path; paths must be relative to the image root"
+    norm = normalize_path(name)
+    if norm == ".." or norm.startswith("../"):
+        return "path leaves the image root through '..'"
+    return None
+
+
+def outside_root(path: Path, root: Path) -> str | None:
+    """Why the file ``path`` is not inside the folder ``root`` once symlinks are followed, else ``None``."""
+    try:
+        real = Path(os.path.realpath(path))
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, an odd name
+        return "path cannot be resolved"
+    if not real.is_relative_to(Path(os.path.realpath(root))):
+        return "path leaves the image root through a symlink"
+    return None
+
+
+def process_image(path: Path, options: ImageOptions, root: Path | None = None, name: str = "") -> bytes:
+    """File -> base64 (URL-safe, as cn_clip's LMDBDataset decodes) of the re-encoded image. With
+    ``root`` (the image root) and ``name`` (the path as the CSV spells it), a file outside ``root``
+    (absolute, ``..``, or through a symlink) is rejected unread."""
+    if root is not None:
+        escaped = escapes_root(name) or outside_root(path, root)
+        if escaped:
+            raise RowReject(OUTSIDE_ROOT, escaped)
+    image = check_image(read_file(path, options.max_bytes), options)
     return base64.urlsafe_b64encode(encode_image(image, options))

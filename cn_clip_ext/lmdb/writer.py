@@ -36,7 +36,9 @@ from typing import Any, Iterator, Mapping
 
 from tqdm import tqdm
 
-from ..errors import UserError, where
+from ..errors import UserError, describe, where
+from ..outputs import LOCK_FILE, OWNER_FILE, output_lock, owner_kind, write_failure, write_owner_marker
+from .digest import folder_digest
 from .journal import BUILD_DIR, Cursor, Journal, RowOutcome
 from .records import Item, RecordKind, record_kind
 from .store import IMGS, NUM_IMAGES, NUM_SAMPLES, PAIRS, open_writable, put_all
@@ -52,6 +54,8 @@ logger = logging.getLogger(__name__)
 THROTTLE_ENV = "VCLIP_LMDB_THROTTLE_S"
 """Testing hook: seconds to sleep after each committed block (to kill a build mid-way)."""
 FORMAT_VERSION = 1
+OWNER_KIND = "lmdb-build"
+"""The owner marker (:mod:`cn_clip_ext.outputs`) of a build folder: ``--overwrite`` replaces only such a folder."""
 
 
 @dataclass(frozen=True)
@@ -106,13 +110,18 @@ class BuildResult:
 def _fingerprint(cfg: BuildConfig, info: CsvInfo, shard: int) -> dict[str, Any]:
     stat = info.path.stat()
     kind = {} if info.kind == PAIRS_KIND else {"kind": info.kind}
+    image = dataclasses.asdict(cfg.image)
+    if image["max_bytes"] == ImageOptions().max_bytes:
+        del image["max_bytes"]  # recorded only when set, so builds made before the option still resume
+    if cfg.input.allow_outside_root:
+        kind["allow_outside_root"] = True
     return {
         **kind,
         "format_version": FORMAT_VERSION,
         "csv": str(info.path.resolve()), "csv_size": stat.st_size, "csv_mtime_ns": stat.st_mtime_ns,
         "encoding": info.encoding, "image_root": str(cfg.input.image_root.resolve()),
         "image_col": cfg.input.image_col, "text_col": cfg.input.text_col, "label_cols": list(info.label_cols),
-        "ratios": str(cfg.ratios), "seed": cfg.seed, "image": dataclasses.asdict(cfg.image),
+        "ratios": str(cfg.ratios), "seed": cfg.seed, "image": image,
         "shards": cfg.shards, "shard": shard, "context_length": cfg.context_length,
     }
 
@@ -127,16 +136,17 @@ def _init_worker(options: ImageOptions) -> None:
     _OPTIONS = options
 
 
-def _work(task: tuple[str, str]) -> tuple[bytes | None, str, str, int]:
-    """``(base64 image or None, reason, detail, caption tokens)`` for one row."""
-    path, caption = task
+def _work(task: tuple[str, str, str, bool]) -> tuple[bytes | None, str, str, int]:
+    """``(base64 image or None, reason, detail, caption tokens)`` for one image: ``task`` is the image
+    root, the path as the CSV has it, the caption and whether the file must be inside the root."""
+    root, name, caption, confine = task
     tokens = caption_tokens(caption)
     try:
-        return process_image(Path(path), _OPTIONS), "", "", tokens
+        return process_image(Path(root) / name, _OPTIONS, Path(root) if confine else None, name), "", "", tokens
     except RowReject as rej:
         return None, rej.reason, rej.detail, tokens
     except Exception as exc:  # noqa: BLE001 - one odd file must not stop a million-row build
-        return None, UNDECODABLE, f"{type(exc).__name__}: {exc}", tokens
+        return None, UNDECODABLE, describe(exc), tokens
 
 
 class _Inline:
@@ -191,6 +201,7 @@ def _blocks(cfg: BuildConfig, info: CsvInfo, kind: RecordKind, shard: int,
                                                       f"{len(fields)} fields, header has {len(info.header)}"))
         else:
             name, caption = parsed
+            name = kind.key(name)  # pairs: ./a.png and a.png are one image, in one shard and split
             if shard_of(name, cfg.shards, cfg.seed) != shard:
                 continue
             files = kind.files(info, fields, name)
@@ -232,13 +243,14 @@ class _SplitWriter:
             env.close()
 
 
-def _tasks(cfg: BuildConfig, block: list[Item]) -> list[tuple[str, str]]:
+def _tasks(cfg: BuildConfig, block: list[Item]) -> list[tuple[str, str, str, bool]]:
     """The worker tasks of a block: one per image file; a row's caption goes with its first image."""
     tasks = []
+    root, confine = str(cfg.input.image_root), not cfg.input.allow_outside_root
     for item in block:
         if item.reject is None:
             files = [f for f in item.files if f]
-            tasks += [(str(cfg.input.image_root / f), item.caption if i == 0 else "") for i, f in enumerate(files)]
+            tasks += [(root, f, item.caption if i == 0 else "", confine) for i, f in enumerate(files)]
     return tasks
 
 
@@ -258,41 +270,84 @@ def _resolve(cfg: BuildConfig, kind: RecordKind, block: list[Item], results: lis
     return data, outcomes, Cursor(next_row, counts, None if kind.name == PAIRS_KIND else images)
 
 
-def _prepare(out: Path, fingerprint: Mapping[str, Any], overwrite: bool) -> bool:
-    """Check ``out`` before writing anything; ``True`` when it already holds this exact build."""
-    manifest = out / MANIFEST
-    journal = out / BUILD_DIR / "journal" / "data.mdb"
-    previous: Mapping[str, Any] | None = None
+def _previous_build(out: Path) -> tuple[bool, Mapping[str, Any] | None]:
+    """Whether ``out`` provably holds a build of ours (its owner marker, or the manifest or journal
+    only a build writes), and that build's fingerprint (``None``: none readable)."""
+    manifest, journal = out / MANIFEST, out / BUILD_DIR / "journal"
+    owned = owner_kind(out) == OWNER_KIND
     if manifest.is_file():
-        previous = json.loads(manifest.read_text(encoding="utf-8")).get("fingerprint")
-    elif journal.is_file():
+        try:
+            data = json.loads(manifest.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            data = None
+        fingerprint = data.get("fingerprint") if isinstance(data, dict) else None
+        if isinstance(fingerprint, dict) and "format_version" in fingerprint:
+            return True, fingerprint
+        return owned, None
+    if (journal / "data.mdb").is_file():
         j = Journal(out)
-        previous = j.meta()
-        j.close()
-    elif out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"{where(out)}: output folder is not empty and holds no build; "
-                        "choose another --out or pass --overwrite")
+        try:
+            meta = j.meta()
+        finally:
+            j.close()
+        return True, meta
+    return owned, None
+
+
+def _prepare(out: Path, fingerprint: Mapping[str, Any], overwrite: bool) -> bool:
+    """Check ``out`` before writing anything; ``True`` when it already holds this exact build.
+
+    ``overwrite`` replaces only a build of ours (see :func:`_previous_build`), and even then only
+    the files a build writes; any other non-empty folder is refused, with or without it.
+    """
+    ours, previous = _previous_build(out)
+    entries = [p.name for p in out.iterdir() if p.name not in (LOCK_FILE, OWNER_FILE)] if out.is_dir() else []
+    if not ours:
+        if entries:
+            raise UserError(f"{where(out)}: the folder is not empty and holds no LMDB build of this toolkit "
+                            f"(no {MANIFEST} or owner marker); choose another --out (--overwrite replaces only "
+                            "a build it can prove it wrote)")
+        return False
     if previous is not None and previous != dict(fingerprint):
         if not overwrite:
             changed = sorted(k for k in {**previous, **fingerprint} if previous.get(k) != fingerprint.get(k))
             raise UserError(f"{where(out)}: holds a build with different settings or input ({', '.join(changed)}); "
                             "pass --overwrite to rebuild it")
         previous = None
-    if previous is None and overwrite:
-        for name in (*SPLITS, BUILD_DIR, *SIDE_TABLES, MANIFEST):
+    if previous is None and entries:
+        if not overwrite and (out / MANIFEST).exists():
+            raise UserError(f"{where(out / MANIFEST)}: not a readable build manifest; pass --overwrite to rebuild "
+                            "the build")
+        for name in (*SPLITS, BUILD_DIR, *SIDE_TABLES, MANIFEST):  # only what a build writes
             path = out / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-    return manifest.is_file() and previous is not None
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
+    return (out / MANIFEST).is_file() and previous is not None
 
 
 def _build_shard(cfg: BuildConfig, info: CsvInfo, shard: int, out: Path) -> BuildResult:
+    """Build one shard folder holding its lock; OS errors (disk full, permissions) become one line."""
+    with output_lock(out, "LMDB build output"):
+        try:
+            return _build_locked(cfg, info, shard, out)
+        except OSError as exc:
+            raise write_failure(exc, out, "LMDB build", "run the same command again to resume the build") from None
+
+
+def _build_locked(cfg: BuildConfig, info: CsvInfo, shard: int, out: Path) -> BuildResult:
     fingerprint = _fingerprint(cfg, info, shard)
     kind = record_kind(info.kind)
     if _prepare(out, fingerprint, cfg.overwrite):
-        summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+        try:
+            summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+            counts = {s: int(summary[kind.count_name][s]) for s in SPLITS}  # train/valid/test order
+            rejected = int(summary["rejected"]["total"])
+        except (OSError, ValueError, KeyError, TypeError):
+            raise UserError(f"{where(out / 'summary.json')}: missing or not a readable build summary; pass "
+                            "--overwrite to rebuild") from None
         shutil.rmtree(out / BUILD_DIR, ignore_errors=True)  # left if killed right after the manifest
         logger.info("%s: already complete, nothing to do", out)
-        return BuildResult(out, summary[kind.count_name], summary["rejected"]["total"], info.rows + 1, 0.0)
+        return BuildResult(out, counts, rejected, info.rows + 1, 0.0)
+    write_owner_marker(out, OWNER_KIND)
     started = time.perf_counter()
     workers = cfg.workers or os.cpu_count() or 1
     throttle = float(os.environ.get(THROTTLE_ENV, "0") or 0)
@@ -330,8 +385,10 @@ def _build_shard(cfg: BuildConfig, info: CsvInfo, shard: int, out: Path) -> Buil
             while pending:
                 drain_one()
             writer.write_counts(cursor)
+            writer.close()  # the digest in the manifest reads the databases back
             bar.close()
-            rejected = write_side_tables(out, info, journal, fingerprint, cfg)
+            rejected = write_side_tables(out, info, journal, fingerprint, cfg, 
+                                         digest=lambda folder: folder_digest(folder, kind.name))
         finally:
             bar.close()
             writer.close()
@@ -340,7 +397,7 @@ def _build_shard(cfg: BuildConfig, info: CsvInfo, shard: int, out: Path) -> Buil
     seconds = time.perf_counter() - started
     logger.info("%s: %s %s (train/valid/test %s), %d rejected, %.1f s", out, sum(cursor.counts.values()),
                 kind.count_name, "/".join(str(cursor.counts[s]) for s in SPLITS), rejected, seconds)
-    return BuildResult(out, dict(cursor.counts), rejected, resumed_from, seconds)
+    return BuildResult(out, {s: cursor.counts[s] for s in SPLITS}, rejected, resumed_from, seconds)
 
 
 def build_lmdb(cfg: BuildConfig) -> list[BuildResult]:

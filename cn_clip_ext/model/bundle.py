@@ -5,11 +5,14 @@ Layout::
     model.safetensors    weights (no pickle), fp32 or fp16, of the exported towers
     config.json          architecture, tower configs, preprocessing, hashes of every other file
     vocab.txt            the tokenizer vocabulary (cn_clip's)
+    tokenizer.json       the same tokenizer for Hugging Face tokenizers/transformers (identical ids), with
+    tokenizer_config.json, special_tokens_map.json   what AutoTokenizer.from_pretrained(folder) reads
+    preprocessing.json   the image preprocessing as data (field-of-view crop, pad, resize, mean/std)
     prompts/*.yaml       the prompt sets used for evaluation
     eval_report.json     the evaluation report, when one was given
     image_encoder.onnx   optional ONNX encoders (dynamic batch, normalised outputs)
     text_encoder.onnx
-    README.md            the model card
+    README.md            the model card (Hugging Face model-card front matter)
 
 ``config.json`` records a format version and the SHA-256 of every other file, so a missing,
 truncated or swapped file is refused with a one-line :class:`~cn_clip_ext.errors.UserError`.
@@ -35,8 +38,9 @@ import torch
 from ..errors import UserError, excerpt, first_line
 from .factory import ModelConfig
 from ..files import check_input_file, read_structured
-from .tokenizer import vocab_path, vocab_sha256
-from .transforms import CLIP_MEAN, CLIP_STD, PREPROCESS_MODES
+from ..outputs import write_failure
+from .tokenizer import save_fast_tokenizer, vocab_path, vocab_sha256
+from .transforms import CLIP_MEAN, CLIP_STD, PREPROCESS_MODES, preprocessing_spec
 from .tripartite import LOGIT_SCALES, SINGLE_EYE_HEADS, TripartiteCLIP
 from .weights import is_pooler
 
@@ -50,6 +54,7 @@ VOCAB_FILE = "vocab.txt"
 CARD_FILE = "README.md"
 REPORT_FILE = "eval_report.json"
 PROMPTS_DIR = "prompts"
+PREPROCESSING_FILE = "preprocessing.json"
 ONNX_FILES = {"image": "image_encoder.onnx", "text": "text_encoder.onnx"}
 TOWERS = ("image", "text")
 _TOWER_PREFIXES = {  # RET-CLIP's image-side heads map image features, so they travel with the image tower
@@ -202,16 +207,26 @@ def _unsafe_entry(rel: str) -> str | None:
     return None
 
 
+def _hf_blob_link(folder: Path, link: Path) -> bool:
+    """Whether ``link`` is a Hugging Face cache snapshot's link to a file of its own repository's ``blobs/``
+    (``models--ORG--NAME/snapshots/<commit>/name -> ../../blobs/<hash>``), the one kind of link allowed."""
+    if folder.parent.name != "snapshots":
+        return False
+    target = link.resolve()
+    return target.parent == (folder.parent.parent / "blobs").resolve() and target.is_file()
+
+
 def bundle_file(folder: Path, rel: str) -> Path:
     """``folder / rel`` after checking that it is a regular file inside ``folder``: no ``..``, no
-    absolute path, no symbolic link on the way (a link could point anywhere), no FIFO or device."""
+    absolute path, no symbolic link on the way (a link could point anywhere; a Hugging Face cache
+    snapshot's links into its repository's ``blobs/`` excepted), no FIFO or device."""
     reason = _unsafe_entry(rel)
     if reason:
         raise UserError(f"{folder / CONFIG_FILE}: files entry {excerpt(rel)} {reason}; refused")
     path = folder
     for part in Path(rel).parts:
         path = path / part
-        if path.is_symlink():
+        if path.is_symlink() and not _hf_blob_link(folder, path):
             raise UserError(f"{path}: a symbolic link inside the bundle (it could point outside {folder}); "
                             "refused: copy the real file into the bundle")
     if not path.exists():
@@ -246,7 +261,30 @@ def tower_state_dict(model: torch.nn.Module, towers: Sequence[str] = TOWERS,
 
 
 # -- the model card ---------------------------------------------------------------------------------
+CARD_FRONT_MATTER = {
+    "license": "cc-by-nc-sa-4.0",
+    "library_name": "visionclip-cn",
+    "pipeline_tag": "zero-shot-image-classification",
+    "language": ["zh"],
+    "tags": ["clip", "chinese-clip", "retina", "fundus", "ophthalmology", "medical-imaging", "visionclip"],
+    "datasets": ["SynFundus-1M"],
+}
+"""Hugging Face model-card metadata (the YAML block that opens the bundle's ``README.md``)."""
+
+
+def _front_matter() -> str:
+    lines = ["---"]
+    for key, value in CARD_FRONT_MATTER.items():
+        if isinstance(value, list):
+            lines.append(f"{key}:")
+            lines += [f"- {item}" for item in value]
+        else:
+            lines.append(f"{key}: {value}")
+    return "\n".join(lines + ["---", ""])
+
+
 CARD_TEMPLATE = string.Template("""\
+$front_matter
 # VisionCLIP-CN model: $architecture
 
 A Chinese retina language-image model (CLIP) from the VisionCLIP-CN project, exported as a
@@ -274,6 +312,17 @@ $usage
 
 Embeddings are L2-normalised, $embed_dim wide; the cosine similarity of an image and a caption (a dot product)
 scores how well they fit, and `model.logit_scale.exp()` is the learned temperature.
+
+The tokenizer is also in `tokenizer.json` (Hugging Face `tokenizers`; the ids equal cn_clip's, `[CLS] ... [SEP]`
+padded with 0 to $context_length): `transformers.AutoTokenizer.from_pretrained("path/to/this/folder")` or
+`tokenizers.Tokenizer.from_file("tokenizer.json").encode(text).ids`.
+
+## Preprocessing for servers without Python
+
+`preprocessing.json` states the image preprocessing as data; following it in any language gives the
+model's input to within one grey level. Mode `$preprocess`, $image_size px:
+
+$preprocessing_steps
 
 ## Training data and licence
 
@@ -355,7 +404,15 @@ def model_card(cfg: BundleConfig, report: Mapping[str, Any] | None = None) -> st
     if cfg.heads == "tripartite":
         heads = (f"| heads | RET-CLIP's three (patient, left eye, right eye); single images and prompts use the "
                  f"`{cfg.single_eye_head}` head (`model.clip.set_single_eye_head('left')` to change) |\n")
+    spec = preprocessing_spec(cfg.image_size, cfg.preprocess)
+    steps = list(spec["steps"])
+    if "field_of_view" in spec:
+        fov = spec["field_of_view"]
+        steps.insert(1, f"   Field of view: a pixel belongs to it when {fov['test']} (threshold {fov['threshold']}); "
+                        f"{fov['bounding_box']} (probe_size {fov['probe_size']}, min_fraction {fov['min_fraction']}).")
+    steps.append(f"   mean = {list(cfg.mean)}, std = {list(cfg.std)}.")
     return CARD_TEMPLATE.substitute(
+        front_matter=_front_matter(), preprocessing_steps="\n".join(steps),
         usage="\n".join(usage), heads_row=heads,
         architecture=cfg.architecture, towers=" and ".join(cfg.towers), embed_dim=cfg.embed_dim,
         image_size=cfg.image_size, preprocess=cfg.preprocess, mean=list(cfg.mean), std=list(cfg.std),
@@ -473,12 +530,15 @@ def write_bundle(model: torch.nn.Module, out_dir: str | Path, *, source: SourceI
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     except OSError as exc:
-        raise UserError(f"{out}: cannot create the bundle folder ({exc.strerror or exc})") from None
+        raise write_failure(exc, out, "bundle folder") from None
     try:
         state = tower_state_dict(model, towers, fp16)
         save_file(state, str(tmp / WEIGHTS_FILE),
                   metadata={"format": "pt", "bundle_format": BUNDLE_FORMAT, "architecture": mc.name})
         shutil.copyfile(vocab_path(), tmp / VOCAB_FILE)
+        save_fast_tokenizer(tmp, mc.context_length)
+        (tmp / PREPROCESSING_FILE).write_text(json.dumps(preprocessing_spec(mc.image_size, preprocess), indent=2)
+                                              + "\n", encoding="utf-8")
         if prompt_paths:
             (tmp / PROMPTS_DIR).mkdir()
             for p in prompt_paths:
@@ -506,7 +566,7 @@ def write_bundle(model: torch.nn.Module, out_dir: str | Path, *, source: SourceI
         _publish(tmp, out, force)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(f"{out}: cannot write the bundle ({exc.strerror or exc})") from None
+        raise write_failure(exc, out, "bundle") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -515,6 +575,38 @@ def write_bundle(model: torch.nn.Module, out_dir: str | Path, *, source: SourceI
 
 
 # -- reading ----------------------------------------------------------------------------------------
+HF_REVISION = "main"
+
+
+def resolve_bundle_folder(path: str | Path, revision: str = HF_REVISION) -> Path:
+    """The bundle folder ``path`` stands for: ``path`` itself, or, for a Hugging Face cache repository
+    folder (``models--ORG--NAME`` with ``refs/`` and ``snapshots/``, as ``huggingface_hub`` downloads
+    it), the snapshot that ``refs/<revision>`` names (the only snapshot when there is no such ref).
+
+    A snapshot folder (``models--ORG--NAME/snapshots/<commit>/``) is a bundle as it is: its files are
+    links into ``blobs/``, read through. Nothing is fetched; a one-line :class:`UserError` when the
+    cache folder does not lead to one snapshot.
+    """
+    folder = Path(path)
+    snapshots = folder / "snapshots"
+    if (folder / CONFIG_FILE).exists() or not snapshots.is_dir():
+        return folder
+    ref = folder / "refs" / revision
+    if ref.exists():
+        check_input_file(ref, "Hugging Face cache ref", max_bytes=4096)
+        commit = ref.read_text(encoding="utf-8").strip()
+        snapshot = snapshots / commit
+        if not commit or "/" in commit or not snapshot.is_dir():
+            raise UserError(f"{ref}: names snapshot {commit!r}, which is not in {snapshots} (an incomplete "
+                            "download; fetch it again or pass a snapshots/<commit> folder)")
+        return snapshot
+    found = sorted(p for p in snapshots.iterdir() if p.is_dir())
+    if len(found) != 1:
+        raise UserError(f"{folder}: a Hugging Face cache folder with no refs/{revision} and {len(found)} snapshots; "
+                        f"pass one of them ({snapshots}/<commit>)")
+    return found[0]
+
+
 def verify_files(folder: Path, cfg: BundleConfig) -> None:
     """Every file ``config.json`` lists exists and has its recorded hash; else a one-line UserError."""
     required = {WEIGHTS_FILE, VOCAB_FILE}
@@ -587,7 +679,9 @@ def check_shapes(folder: Path, cfg: BundleConfig, expected: Mapping[str, torch.T
                             "weights disagree")
 
 
-__all__ = ["BUNDLE_FORMAT", "BundleConfig", "CARD_FILE", "CONFIG_FILE", "FORMAT_VERSION", "ONNX_FILES",
-           "PROMPTS_DIR", "REPORT_FILE", "SourceInfo", "TOWERS", "VOCAB_FILE", "WEIGHTS_FILE", "file_sha256",
-           "bundle_file", "check_config", "prove_bundle", "check_shapes", "check_weights", "is_bundle", "model_card", "read_bundle", "tower_of", "tower_state_dict", "verify_files",
+__all__ = ["BUNDLE_FORMAT", "BundleConfig", "CARD_FILE", "CARD_FRONT_MATTER", "CONFIG_FILE", "FORMAT_VERSION",
+           "ONNX_FILES", "PREPROCESSING_FILE", "PROMPTS_DIR", "REPORT_FILE", "SourceInfo", "TOWERS", "VOCAB_FILE",
+           "WEIGHTS_FILE", "bundle_file", "check_config", "check_shapes", "check_weights", "file_sha256", "is_bundle",
+           "model_card", "prove_bundle", "read_bundle", "resolve_bundle_folder", "tower_of", "tower_state_dict",
+           "verify_files",
            "write_bundle"]

@@ -28,6 +28,7 @@ from ..layouts import FIVES, REFUGE
 from ..files import read_text_lines
 from ..outputs import replace_run_outputs
 from .inference import Decoded, SplitTransform, decoded, encode_batches
+from .protocols import TowerChecked
 from .transforms import open_rgb, read_rgb
 
 logger = logging.getLogger(__name__)
@@ -176,7 +177,7 @@ def embed_images(model: torch.nn.Module, transform: Callable, items: Sequence[Im
                  batch_size: int = 64, workers: int = 2, progress: bool = True) -> EmbedResult:
     """Embed images with ``model.encode_image``; unreadable ones go to ``skipped.csv``."""
     out = Path(out_dir)
-    if hasattr(model, "require_tower"):
+    if isinstance(model, TowerChecked):
         model.require_tower("image")
     files = _ImageFiles(items, transform)
     kept: list[int] = []
@@ -210,7 +211,7 @@ def embed_captions(model: torch.nn.Module, captions: Sequence[tuple[int, str]], 
                    batch_size: int = 256, progress: bool = True) -> EmbedResult:
     """Embed ``(line, caption)`` pairs with ``model.encode_text``."""
     out = Path(out_dir)
-    if hasattr(model, "require_tower"):
+    if isinstance(model, TowerChecked):
         model.require_tower("text")
     chunks = []
     for start in tqdm(range(0, len(captions), batch_size), desc="embed captions", unit="batch",

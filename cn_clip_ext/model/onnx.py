@@ -22,6 +22,7 @@ from torch import nn
 
 from .bundle import ONNX_FILES, TOWERS
 from ..errors import UserError, first_line
+from ..extras import require
 
 logger = logging.getLogger(__name__)
 
@@ -78,10 +79,7 @@ def sample_inputs(model: nn.Module, tower: str, batch_size: int, seed: int = 0) 
 
 def export_encoder(model: nn.Module, tower: str, path: str | Path, opset: int = DEFAULT_OPSET) -> Path:
     """Write one encoder of a :class:`~cn_clip_ext.model.pretrained.VisionCLIPModel` to ``path``."""
-    try:
-        import onnx  # noqa: F401  (the TorchScript exporter serialises through it)
-    except ImportError:
-        raise UserError("ONNX export needs the onnx package: pip install onnx onnxruntime") from None
+    require("onnx", extra="export", purpose="ONNX export")  # the TorchScript exporter serialises through it
     if tower not in TOWERS:
         raise ValueError(f"tower must be one of {TOWERS}, got {tower!r}")
     path = Path(path)
@@ -99,10 +97,7 @@ def export_encoder(model: nn.Module, tower: str, path: str | Path, opset: int = 
 
 
 def _session(path: Path):
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise UserError("the ONNX parity check needs onnxruntime: pip install onnxruntime") from None
+    ort = require("onnxruntime", extra="export", purpose="the ONNX parity check")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = max(1, torch.get_num_threads())
     opts.log_severity_level = 3

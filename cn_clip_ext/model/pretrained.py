@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from .bundle import resolve_bundle_folder
 from .families import detect_family, get_family
 from .families.base import Loaded
 from .families.visionclip import MissingTowerError, VisionCLIPModel
@@ -33,8 +34,11 @@ def load_pretrained(path: str | Path, device: str | torch.device = "cpu", model_
     the family's (for the cn_clip families: ``preprocess`` overrides the recorded preprocessing mode,
     ``verify`` checks a bundle's file hashes); ``model_name`` names the architecture of cn_clip-format
     checkpoints, which do not record it.
+
+    ``path`` may also be a bundle in a local Hugging Face cache: the repository folder
+    (``models--ORG--NAME``, resolved through ``refs/main``) or one of its ``snapshots/<commit>`` folders.
     """
-    path = Path(path)
+    path = resolve_bundle_folder(path)  # before family detection: a cache folder stands for its snapshot
     chosen = detect_family(path) if family is None else get_family(family)
     if model_name is not None:
         options["model_name"] = model_name

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Callable, Union
@@ -51,7 +52,14 @@ def rgb_array(image: RGBImage) -> np.ndarray:
     return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
 
 
-def fov_bbox(image: RGBImage, threshold: int = FOV_THRESHOLD, probe_size: int = 128) -> tuple[int, int, int, int]:
+FOV_PROBE_SIZE = 128
+"""The field of view is searched on every ``max(1, longest side // FOV_PROBE_SIZE)``-th pixel."""
+FOV_MIN_FRACTION = 0.05
+"""A bright area smaller than this share of the probed pixels is no field of view (the whole image is kept)."""
+
+
+def fov_bbox(image: RGBImage, threshold: int = FOV_THRESHOLD,
+             probe_size: int = FOV_PROBE_SIZE) -> tuple[int, int, int, int]:
     """Bounding box ``(left, top, right, bottom)`` of the bright field of view.
 
     Computed on a strided view of about ``probe_size`` pixels; the whole image when no FOV is found.
@@ -61,7 +69,7 @@ def fov_bbox(image: RGBImage, threshold: int = FOV_THRESHOLD, probe_size: int = 
     step = max(1, max(w, h) // probe_size)
     arr = full[::step, ::step]
     mask = np.maximum(np.maximum(arr[..., 0], arr[..., 1]), arr[..., 2]) > threshold  # max over channels
-    if mask.mean() < 0.05:  # too little to be a field of view: keep everything
+    if mask.mean() < FOV_MIN_FRACTION:  # too little to be a field of view: keep everything
         return 0, 0, w, h
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     left, right = cols[0] * step, min(w, (cols[-1] + 1) * step)
@@ -94,7 +102,7 @@ PREPROCESS_MODES: dict[str, Callable[[np.ndarray], tuple[float, float, float, fl
 
 
 @dataclass(frozen=True)
-class Geometry:
+class Affine:
     """Rotation, zoom and shift applied on top of a preprocessing mode."""
 
     rotation_deg: float = 0.0
@@ -109,7 +117,7 @@ def box_reduce(image: np.ndarray, factor: int) -> np.ndarray:
     return cv2.resize(image[:h * factor, :w * factor], (w, h), interpolation=cv2.INTER_AREA)
 
 
-def place_array(image: RGBImage, size: int, mode: str = "fov", geometry: Geometry = Geometry()) -> np.ndarray:
+def place_array(image: RGBImage, size: int, mode: str = "fov", geometry: Affine = Affine()) -> np.ndarray:
     """``[size, size, 3]`` ``uint8`` RGB array showing the mode's input region, in one resampling.
 
     After an integer box reduction for large shrinks, one bilinear affine warp (OpenCV's, about
@@ -133,23 +141,24 @@ def place_array(image: RGBImage, size: int, mode: str = "fov", geometry: Geometr
                           borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
 
 
-def place(image: RGBImage, size: int, mode: str = "fov", geometry: Geometry = Geometry()) -> Image.Image:
+def place(image: RGBImage, size: int, mode: str = "fov", geometry: Affine = Affine()) -> Image.Image:
     """Square RGB image of ``size`` showing the mode's input region (:func:`place_array`)."""
     return Image.fromarray(place_array(image, size, mode, geometry), "RGB")
 
 
 def _open(fp: str | Path | IO[bytes]) -> tuple[Image.Image, bytes]:
     """PIL's lazy image of a file's bytes, and the bytes (for libspng)."""
-    if hasattr(fp, "read"):
-        data = fp.read()
-    else:  # a FIFO or device is refused before it is opened, an oversized file before it is read
+    named = isinstance(fp, (str, os.PathLike))
+    if named:  # a FIFO or device is refused before it is opened, an oversized file before it is read
         if Path(fp).exists():  # (a missing file stays a FileNotFoundError, as callers report it)
             check_input_file(fp, "image", max_image_bytes())
         data = Path(fp).read_bytes()
+    else:
+        data = fp.read()
     try:
         return Image.open(io.BytesIO(data)), data
     except UnidentifiedImageError:
-        name = getattr(fp, "name", None) if hasattr(fp, "read") else fp
+        name = fp if named else getattr(fp, "name", None)  # an open file's name, if it has one
         raise UnidentifiedImageError(f"cannot identify image file {str(name or 'in memory')!r}") from None
 
 
@@ -196,22 +205,27 @@ def to_normalized_tensor(image: RGBImage) -> torch.Tensor:
 
 def accepts_arrays(transform: object) -> bool:
     """Whether ``transform`` takes ``[H, W, 3]`` RGB arrays (from :func:`read_rgb`) as well as PIL images."""
-    return isinstance(transform, FundusPreprocess)
+    return isinstance(transform, FundusTransform)
 
 
-class FundusPreprocess:
-    """PIL image (any mode) -> square RGB PIL image of ``size`` by a named mode."""
+class FundusTransform:
+    """What the fundus transforms share: an output square of ``size`` pixels made by a named preprocessing
+    ``mode``, from a PIL image or an RGB array. Each subclass defines what its ``__call__`` returns."""
 
     def __init__(self, size: int, mode: str = "fov"):
         if mode not in PREPROCESS_MODES:
             raise ValueError(f"unknown preprocess mode {mode!r}; choose from {sorted(PREPROCESS_MODES)}")
         self.size, self.mode = size, mode
 
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(size={self.size}, mode={self.mode!r})"
+
+
+class FundusPreprocess(FundusTransform):
+    """PIL image (any mode) or RGB array -> square RGB PIL image of ``size`` by a named mode."""
+
     def __call__(self, image: RGBImage) -> Image.Image:
         return place(image, self.size, self.mode)
-
-    def __repr__(self) -> str:
-        return f"FundusPreprocess(size={self.size}, mode={self.mode!r})"
 
 
 @dataclass(frozen=True)
@@ -226,7 +240,11 @@ class AugmentConfig:
     saturation: float = 0.1
 
 
-class EvalTransform(FundusPreprocess):
+NO_AUGMENT = AugmentConfig(rotation_deg=0.0, scale=0.0, translate=0.0, brightness=0.0, contrast=0.0, saturation=0.0)
+"""Training transforms without any random geometry or colour (``vclip-train --no-augment``)."""
+
+
+class EvalTransform(FundusTransform):
     """Deterministic: preprocessing, then CLIP normalisation.
 
     ``transform(image)`` is the normalised float tensor. Batched encoders may instead take
@@ -234,7 +252,7 @@ class EvalTransform(FundusPreprocess):
     and normalise whole batches with ``transform.batch_transform`` (same result).
     """
 
-    def __call__(self, image: RGBImage) -> torch.Tensor:  # type: ignore[override]
+    def __call__(self, image: RGBImage) -> torch.Tensor:
         return to_normalized_tensor(place_array(image, self.size, self.mode))
 
     def pixels(self, image: RGBImage) -> torch.Tensor:
@@ -245,9 +263,6 @@ class EvalTransform(FundusPreprocess):
     def batch_transform(self) -> "ColorJitterNormalize":
         """CLIP normalisation of a ``uint8`` batch from :meth:`pixels` (no jitter)."""
         return ColorJitterNormalize()
-
-    def __repr__(self) -> str:
-        return f"EvalTransform(size={self.size}, mode={self.mode!r})"
 
 
 class ColorJitterNormalize:
@@ -307,7 +322,7 @@ class ColorJitterNormalize:
         return f"ColorJitterNormalize(brightness={b}, contrast={c}, saturation={s})"
 
 
-class TrainTransform(FundusPreprocess):
+class TrainTransform(FundusTransform):
     """Preprocessing with random mild geometry per sample; colour jitter and normalisation per batch.
 
     ``transform(image)`` is a ``uint8`` ``[3, size, size]`` tensor (the one affine resampling, with a
@@ -325,14 +340,62 @@ class TrainTransform(FundusPreprocess):
     def _uniform(self, spread: float, centre: float = 0.0) -> float:
         return centre + spread * (2 * float(torch.rand(())) - 1) if spread else centre
 
-    def __call__(self, image: RGBImage) -> torch.Tensor:  # type: ignore[override]
+    def __call__(self, image: RGBImage) -> torch.Tensor:
         a = self.augment
-        geometry = Geometry(self._uniform(a.rotation_deg), self._uniform(a.scale, 1.0),
+        geometry = Affine(self._uniform(a.rotation_deg), self._uniform(a.scale, 1.0),
                             (self._uniform(a.translate), self._uniform(a.translate)))
         return to_uint8_tensor(place_array(image, self.size, self.mode, geometry))
 
     def __repr__(self) -> str:
         return f"TrainTransform(size={self.size}, mode={self.mode!r}, augment={self.augment})"
+
+
+PREPROCESSING_FORMAT = "visionclip-preprocessing"
+
+_REGIONS = {
+    "fov": "the field of view's bounding box (left, top, right, bottom; see field_of_view); centre "
+           "cx = (left + right) / 2, cy = (top + bottom) / 2; a square of side max(right - left, bottom - top) (black padding where it "
+           "leaves the image)",
+    "pad": "the whole image: centre cx = W / 2, cy = H / 2, a square of side max(W, H) (black padding)",
+    "squash": "the whole image: centre cx = W / 2, cy = H / 2, width W, height H (stretched to a square)",
+}
+
+
+def preprocessing_spec(size: int, mode: str = "fov") -> dict:
+    """What :func:`eval_transform` does, as data, for servers that are not Python (a bundle's
+    ``preprocessing.json``). Following it in plain arithmetic gives the same pixels to within one grey
+    level (OpenCV, used here, interpolates in fixed point)."""
+    if mode not in PREPROCESS_MODES:
+        raise ValueError(f"unknown preprocess mode {mode!r}; choose from {sorted(PREPROCESS_MODES)}")
+    spec: dict = {
+        "format": PREPROCESSING_FORMAT, "format_version": 1, "mode": mode, "size": size,
+        "input": {"channels": "RGB", "dtype": "uint8", "layout": "HWC",
+                  "decode": "any decoder; greyscale and palette images are converted to RGB, alpha is dropped"},
+        "steps": [
+            f"1. Region: {_REGIONS[mode]}.",
+            "2. Scale: kx = width / size, ky = height / size (input pixels per output pixel).",
+            "3. Box reduction: f = floor(min(kx, ky)); if f >= 2, replace the image by the mean of each f x f block "
+            "(rounded to uint8; a last partial row or column of blocks is dropped) and divide cx, cy, kx, ky by f.",
+            "4. Resample: output pixel (column i, row j), 0-based, takes the bilinear interpolation of the image at "
+            "x = cx + (i + 0.5 - size / 2) * kx - 0.5, y = cy + (j + 0.5 - size / 2) * ky - 0.5, where input "
+            "pixel (u, v) has its centre at x = u, y = v and pixels outside the image are black (0); round to uint8.",
+            "5. Normalise: value[c] = (pixel[c] / 255 - mean[c]) / std[c], float32, channels first ([3, size, size]); "
+            "stack images into [N, 3, size, size] for the image encoder.",
+        ],
+        "mean": list(CLIP_MEAN), "std": list(CLIP_STD), "scale": 1 / 255,
+        "resample": "bilinear", "pixel_centre_offset": 0.5, "outside": [0, 0, 0],
+        "output": {"dtype": "float32", "layout": "CHW", "shape": [3, size, size]},
+    }
+    if mode == "fov":
+        spec["field_of_view"] = {
+            "threshold": FOV_THRESHOLD, "test": "max(R, G, B) > threshold",
+            "probe_size": FOV_PROBE_SIZE, "min_fraction": FOV_MIN_FRACTION,
+            "bounding_box": "step = max(1, max(W, H) // probe_size); probe every step-th row and column (starting "
+                            "at 0); if fewer than min_fraction of the probed pixels pass the test, the box is the "
+                            "whole image (0, 0, W, H); else left = step * (first passing column), right = min(W, "
+                            "step * (last passing column + 1)), and top, bottom likewise from the rows",
+        }
+    return spec
 
 
 def eval_transform(size: int, preprocess: str = "fov") -> EvalTransform:
@@ -344,3 +407,13 @@ def train_transform(size: int, augment: AugmentConfig = AugmentConfig(), preproc
     """Training transform: PIL image -> ``uint8`` tensor with mild random geometry; its
     ``batch_transform`` adds random colour and normalises a batch on the device."""
     return TrainTransform(size, augment, preprocess)
+
+
+def __getattr__(name: str) -> object:
+    if name == "Geometry":  # the previous release's name of Affine
+        import warnings
+
+        warnings.warn("cn_clip_ext.model.transforms.Geometry is now Affine; the old name goes in the next release",
+                      DeprecationWarning, stacklevel=2)
+        return Affine
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

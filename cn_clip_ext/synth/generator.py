@@ -431,20 +431,14 @@ def write_fives(root: str | os.PathLike[str], n: int, seed: int = 0, size: int =
     """Write a FIVES lookalike (images + binary vessel masks) under ``root/fives``; returns that folder."""
     SynthConfig(n_eval=n, seed=seed, size=size)
     lay = FIVES
-    root = Path(root)
     plan = fives_plan(n)
-    with _staging(root) as stage:
-        for split in lay.splits:
-            for sub in (lay.image_dir, lay.mask_dir):
-                (stage / lay.folder / split / sub).mkdir(parents=True)
-        jobs = [(i, seed, size, cls) for i, (_, _, cls) in enumerate(plan)]
-        for (split, number, cls), (img, mask) in zip(plan, _run(_fives_job, jobs, workers, "FIVES", progress)):
-            name = lay.pattern.format(n=number, cls=cls)
-            (stage / lay.folder / split / lay.image_dir / name).write_bytes(img)
-            (stage / lay.folder / split / lay.mask_dir / name).write_bytes(mask)
-        _commit(stage, root, [lay.folder], None)
-    logger.info("wrote %d FIVES images to %s", n, root / lay.folder)
-    return root / lay.folder
+    names = [lay.pattern.format(n=number, cls=cls) for _, number, cls in plan]
+    return _write_with_masks(
+        Path(root), lay.folder, "FIVES", _fives_job, [(i, seed, size, cls) for i, (_, _, cls) in enumerate(plan)],
+        [Path(split, sub) for split in lay.splits for sub in (lay.image_dir, lay.mask_dir)],
+        [(Path(split, lay.image_dir, name), Path(split, lay.mask_dir, name))
+         for (split, _, _), name in zip(plan, names)],
+        workers, progress)
 
 
 def refuge_plan(n: int) -> list[tuple[str, str]]:
@@ -483,19 +477,29 @@ def write_refuge(root: str | os.PathLike[str], n: int, seed: int = 0, size: int 
     """Write a REFUGE Training400 lookalike (JPEGs + disc/cup BMP masks) under ``root/refuge``."""
     SynthConfig(n_eval=n, seed=seed, size=size)
     lay = REFUGE
-    root = Path(root)
     plan = refuge_plan(n)
+    return _write_with_masks(
+        Path(root), lay.folder, "REFUGE", _refuge_job, [(i, seed, size, folder) for i, (folder, _) in enumerate(plan)],
+        [Path(sub, folder) for folder in lay.classes for sub in (lay.image_dir, lay.mask_dir)],
+        [(Path(lay.image_dir, folder, f"{stem}.jpg"), Path(lay.mask_dir, folder, f"{stem}.bmp"))
+         for folder, stem in plan],
+        workers, progress)
+
+
+def _write_with_masks(root: Path, folder: str, what: str, job: Callable[[Any], tuple[bytes, bytes]], jobs: list[Any],
+                      dirs: Sequence[Path], places: Sequence[tuple[Path, Path]], workers: int, progress: bool) -> Path:
+    """An evaluation set of images with masks: ``job`` makes the ``(image, mask)`` bytes of each of ``jobs``, stored
+    at the matching ``places`` (paths under ``root/folder``; ``dirs`` are made even when left empty), staged and
+    then moved into place. Returns ``root/folder``."""
     with _staging(root) as stage:
-        for folder in lay.classes:
-            (stage / lay.folder / lay.image_dir / folder).mkdir(parents=True)
-            (stage / lay.folder / lay.mask_dir / folder).mkdir(parents=True)
-        jobs = [(i, seed, size, folder) for i, (folder, _) in enumerate(plan)]
-        for (folder, stem), (img, mask) in zip(plan, _run(_refuge_job, jobs, workers, "REFUGE", progress)):
-            (stage / lay.folder / lay.image_dir / folder / f"{stem}.jpg").write_bytes(img)
-            (stage / lay.folder / lay.mask_dir / folder / f"{stem}.bmp").write_bytes(mask)
-        _commit(stage, root, [lay.folder], None)
-    logger.info("wrote %d REFUGE images to %s", n, root / lay.folder)
-    return root / lay.folder
+        for d in dirs:
+            (stage / folder / d).mkdir(parents=True)
+        for (image_at, mask_at), (img, mask) in zip(places, _run(job, jobs, workers, what, progress)):
+            (stage / folder / image_at).write_bytes(img)
+            (stage / folder / mask_at).write_bytes(mask)
+        _commit(stage, root, [folder], None)
+    logger.info("wrote %d %s images to %s", len(jobs), what, root / folder)
+    return root / folder
 
 
 EVAL_WRITERS: Mapping[str, Callable[..., Path]] = MappingProxyType({

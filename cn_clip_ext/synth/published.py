@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
+from ..extras import require
 from ..layouts import FINDINGS, READABILITY_COLUMNS
 from .renderer import EXTERNAL_CAMERAS, render_fundus
 
@@ -73,7 +74,7 @@ def _csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> No
 
 
 def _xlsx(path: Path, rows: Sequence[Sequence[Any]]) -> None:
-    import openpyxl
+    openpyxl = require("openpyxl", extra="eval", purpose=f"{path}: writing .xlsx tables")
 
     path.parent.mkdir(parents=True, exist_ok=True)
     book = openpyxl.Workbook()

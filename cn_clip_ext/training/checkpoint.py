@@ -17,7 +17,7 @@ import random
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -57,7 +57,14 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
+            try:
+                torch.save(obj, fh)
+            except RuntimeError as exc:
+                # a full disk inside torch's zip writer surfaces as "unexpected pos" from its cleanup,
+                # with the OSError (ENOSPC) as the context: raise that, so callers see the real cause
+                if isinstance(exc.__context__, OSError):
+                    raise exc.__context__ from None
+                raise
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -75,12 +82,17 @@ def _atomic_link(src: Path, dst: Path) -> None:
     if tmp.exists():
         tmp.unlink()
     try:
-        os.link(src, tmp)
-    except OSError:
-        import shutil
+        try:
+            os.link(src, tmp)
+        except OSError:
+            import shutil
 
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        if tmp.exists():
+            tmp.unlink()  # a copy cut short by a full disk never stays behind
+        raise
 
 
 def list_step_checkpoints(folder: str | Path) -> list[tuple[int, Path]]:
@@ -92,15 +104,21 @@ def list_step_checkpoints(folder: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def save_checkpoint(state: Mapping[str, Any], folder: str | Path, step: int, keep_last: int) -> Path:
-    """Write ``step_N.pt``, point ``latest.pt`` at it, and delete all but the last ``keep_last``."""
+def save_checkpoint(state: Mapping[str, Any], folder: str | Path, step: int, prune: Iterable[str] = ()) -> Path:
+    """Write ``step_N.pt``, point ``latest.pt`` at it, then delete the files named in ``prune``
+    (the caller's own older checkpoints: see :class:`cn_clip_ext.training.rundir.RunFolder`).
+
+    Both writes are atomic, so a failure (a full disk) leaves the previous ``latest.pt`` as it was.
+    """
     folder = Path(folder)
     path = atomic_save(dict(state), folder / step_name(step))
     _atomic_link(path, folder / LATEST)
     _fsync_dir(folder)
-    for _, old in list_step_checkpoints(folder)[:-keep_last]:
+    for name in prune:
+        if name == path.name or not _STEP_RE.match(name):
+            continue
         try:
-            old.unlink()
+            (folder / name).unlink()
         except FileNotFoundError:
             pass
     logger.info("saved checkpoint %s", path)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
@@ -80,7 +80,7 @@ class SeededDataset(Dataset):
 
     Random augmentations then depend only on which item is read in which epoch, not on the
     worker or on how far the loader had got, so a resumed run sees the same augmented samples.
-    Set :attr:`epoch` before creating the loader's iterator. In the loading process the previous
+    Set :attr:`epoch` before creating the loader's iterator, or pass ``(epoch, index)`` keys. In the loading process the previous
     RNG states are restored afterwards; a DataLoader worker's are simply left seeded.
     """
 
@@ -90,8 +90,10 @@ class SeededDataset(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, index: int) -> Any:
-        s = item_seed(self.seed, self.epoch, int(index))
+    def __getitem__(self, index: int | tuple[int, int]) -> Any:
+        # an ``(epoch, index)`` key (training_loader's persistent workers) carries its epoch
+        epoch, index = index if isinstance(index, tuple) else (self.epoch, index)
+        s = item_seed(self.seed, epoch, int(index))
         if get_worker_info() is not None:  # a DataLoader worker: nothing else draws from its RNGs
             _seed_host_rngs(s)
             return self.dataset[index]
@@ -108,6 +110,23 @@ class SeededDataset(Dataset):
         if name == "dataset":
             raise AttributeError(name)
         return getattr(self.dataset, name)
+
+
+@runtime_checkable
+class KindedData(Protocol):
+    """Training data that names the kind of its items (``"pairs"``, ``"patients"``); data that does not holds
+    image-caption pairs."""
+
+    @property
+    def kind(self) -> str: ...
+
+
+@runtime_checkable
+class ColumnLabelled(Protocol):
+    """A dataset with label columns (``name -> one int per item``): :class:`LabelledDataset`, the toy sets."""
+
+    @property
+    def labels(self) -> Mapping[str, Sequence[int]]: ...
 
 
 class LabelColumns(Mapping[str, list[int]]):
@@ -168,6 +187,6 @@ def steps_per_epoch(num_items: int, batch_size: int, world_size: int, accum_step
     return (num_items // (batch_size * world_size)) // accum_steps
 
 
-__all__ = ["LabelColumns", "LabelledDataset", "ResumableSampler", "SeededDataset", "TOY_CAPTIONS", "TensorPairs", "batch_seed",
+__all__ = ["ColumnLabelled", "KindedData", "LabelColumns", "LabelledDataset", "ResumableSampler", "SeededDataset", "TOY_CAPTIONS", "TensorPairs", "batch_seed",
            "item_seed", "make_toy_pairs",
            "parse_toy_spec", "steps_per_epoch", "toy_splits"]

@@ -1,21 +1,23 @@
-"""Process-group set-up from torchrun's environment: gloo on CPU, NCCL on CUDA, none alone.
+"""Process-group set-up from the launcher's environment: gloo on CPU, NCCL on CUDA, none alone.
 
 Nothing here reads command-line flags: ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` (and
-``MASTER_ADDR``/``MASTER_PORT``) come from torchrun, so one program runs unchanged on one CPU
-process, N CPU processes, one GPU or N GPUs on M nodes.
+``MASTER_ADDR``/``MASTER_PORT``) come from torchrun, or from SLURM's ``SLURM_PROCID``,
+``SLURM_NTASKS`` and ``SLURM_LOCALID`` when ``srun`` started the processes (:mod:`.launch`), so
+one program runs unchanged on one CPU process, N CPU processes, one GPU or N GPUs on M nodes.
 """
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DataParallel, DistributedDataParallel
 
 from ..devices import pick_device
-from ..errors import UserError
+from .launch import resolve_launch
 
 logger = logging.getLogger(__name__)
 
@@ -39,21 +41,10 @@ class DistEnv:
         return self.world_size > 1
 
 
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise UserError(f"environment variable {name}={raw!r} is not an integer") from None
-
-
 def init_distributed(device: str = "auto", timeout_s: int = 1800) -> DistEnv:
-    """Read torchrun's variables and start the process group when the world has > 1 process."""
-    world = _env_int("WORLD_SIZE", 1)
-    rank = _env_int("RANK", 0)
-    local_rank = _env_int("LOCAL_RANK", 0)
+    """Read torchrun's (or srun's) variables and start the process group when the world has > 1 process."""
+    launch = resolve_launch()
+    world, rank, local_rank = launch.world_size, launch.rank, launch.local_rank
     dev = pick_device(device, local_rank)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
@@ -63,7 +54,8 @@ def init_distributed(device: str = "auto", timeout_s: int = 1800) -> DistEnv:
     if not dist.is_initialized():
         kwargs = {"device_id": dev} if backend == "nccl" else {}
         dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s), **kwargs)
-    logger.info("rank %d/%d (local %d) on %s with %s", rank, world, local_rank, dev, backend)
+    logger.info("rank %d/%d (local %d) on %s with %s, launched by %s", rank, world, local_rank, dev, backend,
+                launch.launcher)
     return DistEnv(rank, world, local_rank, dev, backend)
 
 
@@ -100,5 +92,10 @@ def all_gather_tensor(t: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, 0)
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a ``DistributedDataParallel`` (or ``DataParallel``) wrapper; any other as it is."""
+    return model.module if isinstance(model, (DistributedDataParallel, DataParallel)) else model
+
+
 __all__ = ["DistEnv", "all_gather_object", "all_gather_tensor", "barrier", "cleanup",
-           "init_distributed", "is_dist", "pick_device"]
+           "init_distributed", "is_dist", "pick_device", "unwrap"]

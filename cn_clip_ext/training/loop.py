@@ -27,6 +27,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import UserError, first_line
 from ..model.factory import add_model_config, create_model_and_transforms, get_tokenizer
+from ..model.protocols import BatchStep, logit_scale_names
+from ..model.transforms import NO_AUGMENT
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from ..synth.toys import toy_splits
@@ -36,7 +38,14 @@ from .validation import load_zeroshot_setup
 from .loss import clamp_logit_scale
 from .objectives import objective_for
 from .optim import build_optimizer, build_scheduler
+from .accumulation import train_step
+from .shards import has_split, open_split as open_sharded_split
+from .progress import StepMeter, progress_bar, step_line, train_log
+from .speed import channels_last_images, compiled, configure_backends, image_tower_channels_last, uses_channels_last
 from .recorder import Recorder, anon_rss_mb, host_rss_mb
+from .loader import next_batch, shutdown, training_loader
+from .preemption import PREEMPTED_EXIT_STATUS, Preempted, StopSignals
+from .rundir import RunFolder, write_error
 from .warmstart import warm_start
 
 logger = logging.getLogger(__name__)
@@ -93,7 +102,8 @@ TOY_DATA = {"toy-patients": _toy_patient_splits, "toy": _toy_pair_splits}
 
 def build_datasets(config: TrainConfig, train_tf: Any, eval_tf: Any, image_size: int) -> tuple[Dataset, Dataset | None]:
     """Train and valid datasets from ``config.data``: ``toy:N``, ``toy-patients:N`` or an LMDB root with
-    train/ and valid/ (single images or patients, as its manifest says)."""
+    train/ and valid/ (single images or patients, as its manifest says), or a sharded build's root
+    (its ``shard-i-of-N/`` splits concatenated, :mod:`.shards`)."""
     if config.data is None:
         raise UserError("no training data: set --data to an LMDB root (with train/ and valid/), toy:N or "
                         "toy-patients:N")
@@ -101,23 +111,24 @@ def build_datasets(config: TrainConfig, train_tf: Any, eval_tf: Any, image_size:
     if prefix in TOY_DATA:
         return TOY_DATA[prefix](config, image_size)
     root = Path(config.data)
-    if not (root / "train").is_dir():
+    if not has_split(root, "train"):
         raise UserError(f"{root}: no train/ LMDB split here (expected {root}/train/imgs and {root}/train/pairs)")
     from ..lmdb.reader import open_lmdb_dataset  # not imported for toy data
     tokenizer = get_tokenizer(config.model, context_length=config.context_length)
 
-    def open_split(split: str, transform: Any) -> Dataset:
+    def open_split(split: str, transform: Any) -> Dataset | None:
+        def open_one(folder: Path) -> Dataset:
+            return open_lmdb_dataset(folder, transform=transform, tokenizer=tokenizer)
+
         try:
-            return open_lmdb_dataset(root / split, transform=transform, tokenizer=tokenizer)
+            return open_sharded_split(root, split, open_one)
         except (FileNotFoundError, ValueError) as exc:
             raise UserError(str(exc).splitlines()[0]) from None
 
     train = open_split("train", train_tf)
     valid = None
-    if (root / "valid").is_dir():
-        valid = open_split("valid", eval_tf)
-        if callable(getattr(valid, "labels", None)):
-            valid = LabelledDataset(valid, config.valid_max_samples)
+    if has_split(root, "valid"):
+        valid = LabelledDataset(open_split("valid", eval_tf), config.valid_max_samples)  # side-table columns
     else:
         logger.warning("%s: no valid/ split; validation is skipped", root)
     return train, valid
@@ -134,11 +145,11 @@ class Trainer:
             add_model_config(c.model_config_dir)
         self.out = Path(c.output_dir)
         self.ckpt_dir = self.out / "checkpoints"
-        if env.is_main:
-            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        self.folder: RunFolder | None = None
         seed_everything(c.seed + env.rank)
         model, train_tf, eval_tf = create_model_and_transforms(
-            c.model, seed=c.seed, context_length=c.context_length, preprocess=c.preprocess)
+            c.model, seed=c.seed, context_length=c.context_length, preprocess=c.preprocess,
+            augment=None if c.augment else NO_AUGMENT)
         self.tokenizer = get_tokenizer(c.model, context_length=c.context_length)
         self.zs_prompts, self.zs_classes = (load_zeroshot_setup(c.zeroshot_prompts, c.zeroshot_table, c.data)
                                             if c.zeroshot_prompts and c.zeroshot_table else (None, None))
@@ -148,22 +159,35 @@ class Trainer:
         self.train_set, self.valid_set = train_dataset, valid_dataset
         self.objective = objective_for(train_dataset)
         # uint8 image batches (raw pixels from the train transform) get its device-side colour + normalisation
-        self.batch_transform = getattr(train_tf, "batch_transform", None)
+        self.batch_transform = train_tf.batch_transform if isinstance(train_tf, BatchStep) else None
         n = len(train_dataset)  # type: ignore[arg-type]
         self.steps_per_epoch = steps_per_epoch(n, c.batch_size, env.world_size, c.accum_steps)
         if self.steps_per_epoch < 1:
             raise UserError(f"the training split has {n} items, fewer than one optimizer step needs "
                             f"({c.batch_size} x {env.world_size} processes x {c.accum_steps} accumulation)")
         self.total_steps = c.max_steps if c.max_steps is not None else self.steps_per_epoch * c.epochs
+        self.folder = RunFolder.claim(self.out, env)  # after the data is known good: no empty folder
+        try:
+            self._setup(model, train_tf, n)
+        except BaseException:
+            self.folder.release(failed=True)
+            raise
 
+    def _setup(self, model: torch.nn.Module, train_tf: Any, n: int) -> None:
+        c, env = self.config, self.env
         resume_path = ckpt.find_resume(c.resume, self.ckpt_dir)
         state = ckpt.load_checkpoint(resume_path) if resume_path else None
+        self.folder.check(c, resume_path, state, n)  # type: ignore[union-attr]
         if state is None and c.warm_start:
             warm_start(model, c.warm_start)
         model = self.objective.prepare_model(model, c.seed)
         if c.grad_checkpointing:
             model.set_grad_checkpointing(True)
         model.to(env.device)
+        configure_backends(env.device, c.deterministic)
+        self.channels_last = uses_channels_last(c.channels_last, env.device)
+        if self.channels_last:
+            image_tower_channels_last(model)
         self.dtype = resolve_precision(c.precision, env.device)
         if c.sync_bn and env.distributed:
             if env.device.type == "cuda":
@@ -171,10 +195,10 @@ class Trainer:
             else:
                 logger.warning("sync_bn ignored: SyncBatchNorm needs CUDA")
         self.raw_model = model
-        self.model: torch.nn.Module = model
+        self.model: torch.nn.Module = compiled(model, c.compile)
         if env.distributed:
             self.model = DistributedDataParallel(
-                model, device_ids=[env.device.index] if env.device.type == "cuda" else None,
+                self.model, device_ids=[env.device.index] if env.device.type == "cuda" else None,
                 gradient_as_bucket_view=True)
         self.optimizer = build_optimizer(model, c.lr, c.weight_decay, (c.beta1, c.beta2), c.eps)
         self.schedule = build_scheduler(self.optimizer, c.lr, c.warmup_steps, self.total_steps)
@@ -184,7 +208,12 @@ class Trainer:
         if state is not None:
             self._restore(state, resume_path)  # type: ignore[arg-type]
         if env.is_main:
-            c.save(self.out / "config.json")
+            try:
+                self.folder.save_config(c, {  # type: ignore[union-attr]
+                    "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
+                    "epochs": round(self.total_steps / self.steps_per_epoch, 4)})
+            except OSError as exc:
+                raise write_error(exc, "run configuration (config.json)") from None
         self.recorder = Recorder(self.out, env.is_main, resume_step=self.step if state is not None else None,
                                  tensorboard=c.tensorboard)
 
@@ -231,7 +260,8 @@ class Trainer:
     def save(self) -> None:
         state = self._state()  # collective: every rank contributes its RNG state
         if self.env.is_main:
-            self.last_checkpoint = ckpt.save_checkpoint(state, self.ckpt_dir, self.step, self.config.keep_last)
+            self.last_checkpoint = self.folder.save(  # type: ignore[union-attr]
+                state, self.step, self.config.keep_last, self.last_checkpoint)
         barrier()
 
     # -- pieces --------------------------------------------------------------------------------
@@ -242,22 +272,18 @@ class Trainer:
 
     def _loader(self, sampler: ResumableSampler, seeded: SeededDataset) -> DataLoader:
         c = self.config
-        return DataLoader(
-            seeded, batch_size=c.batch_size, sampler=sampler, num_workers=c.num_workers, drop_last=True,
-            pin_memory=self.env.device.type == "cuda",
-            # the loader's own generator keeps worker seeding off the global RNG (dropout)
-            generator=torch.Generator().manual_seed(item_seed(c.seed, self.epoch, self.batch)),
-            prefetch_factor=4 if c.num_workers > 0 else None, persistent_workers=False)
+        return training_loader(seeded, sampler, c.batch_size, c.num_workers, self.env.device.type == "cuda",
+                               item_seed(c.seed, self.epoch, self.batch))
 
     def _device_batch(self, batch: Any) -> list[torch.Tensor]:
         """The micro-batch on the device; ``uint8`` images then go through :attr:`batch_transform`,
         its random draws seeded from (seed, epoch, micro-batch, rank) so that a resume redraws them."""
         batch = self.objective.to_device(batch, self.env.device)
-        if self.batch_transform is None:
-            return batch
-        gen = torch.Generator().manual_seed(batch_seed(self.config.seed, self.epoch, self.batch, self.env.rank))
-        return self.objective.map_images(
-            batch, lambda images: self.batch_transform(images, gen) if images.dtype == torch.uint8 else images)
+        if self.batch_transform is not None:
+            gen = torch.Generator().manual_seed(batch_seed(self.config.seed, self.epoch, self.batch, self.env.rank))
+            batch = self.objective.map_images(
+                batch, lambda images: self.batch_transform(images, gen) if images.dtype == torch.uint8 else images)
+        return self.objective.map_images(batch, channels_last_images) if self.channels_last else batch
 
     def validate(self) -> dict[str, float]:
         if self.valid_set is None:
@@ -275,6 +301,19 @@ class Trainer:
             logger.info("valid @ step %d (%.1fs): %s", self.step, time.perf_counter() - t0, shown)
         return metrics
 
+    def _check_finite(self, loss: float) -> None:
+        if not math.isfinite(loss):
+            raise self._diverged(loss)
+
+    def _stop(self, signals: StopSignals) -> None:
+        """A stop signal arrived: checkpoint this step (unless just saved) and raise :class:`Preempted`."""
+        if self.last_checkpoint is None or self.last_checkpoint.name != ckpt.step_name(self.step):
+            self.save()
+        if self.env.is_main:
+            logger.warning("%s received: checkpoint %s written at step %d; exiting with status %d (resume with "
+                           "--resume auto)", signals.name, self.last_checkpoint, self.step, PREEMPTED_EXIT_STATUS)
+        raise Preempted(signals.name, self.step, self.last_checkpoint)
+
     def _diverged(self, loss: float) -> TrainingDiverged:
         where = (f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint
                  else "no checkpoint had been written yet")
@@ -283,6 +322,11 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self) -> TrainResult:
+        """Train to the end of the schedule (or ``stop_after``); rank 0 also logs to ``train.log``."""
+        with train_log(self.out, self.env.is_main):
+            return self._run()
+
+    def _run(self) -> TrainResult:
         c, env = self.config, self.env
         sampler = ResumableSampler(len(self.train_set), c.batch_size, env.world_size, env.rank,  # type: ignore
                                    seed=c.seed)
@@ -294,43 +338,34 @@ class Trainer:
         valid: dict[str, float] = {}
         self.model.train()
         objective = self.objective
-        scale_names = getattr(self.raw_model, "logit_scale_names", ("logit_scale",))
+        scale_names = logit_scale_names(self.raw_model)
         if env.is_main:
             logger.info("training %s (%s objective): %d steps (%d per epoch), global batch %d on %d process(es), "
                         "%s, output %s", c.model, objective.name, self.total_steps, self.steps_per_epoch,
                         global_batch, env.world_size, self.dtype or "fp32", self.out)
-        bar = None
-        if env.is_main and c.progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=self.total_steps, initial=self.step, desc="train", dynamic_ncols=True,
-                       mininterval=1.0, unit="step")
-        window_t, window_samples = time.perf_counter(), 0
+        bar = progress_bar(env.is_main and c.progress, self.total_steps, self.step)
+        meter = StepMeter(global_batch, env.device)
+        loader = self._loader(sampler, seeded)
+        signals = StopSignals().__enter__()
         try:
             while self.step < stop:
                 if self.batch >= usable:
                     self.epoch, self.batch = self.epoch + 1, 0
                 sampler.set_epoch(self.epoch, self.batch)
                 seeded.epoch = self.epoch
-                batches = iter(self._loader(sampler, seeded))
+                batches = iter(loader)
                 while self.batch < usable and self.step < stop:
                     lr = float(self.schedule(self.step))
-                    step_loss = 0.0
-                    step_parts = dict.fromkeys(objective.parts, 0.0)
-                    for micro in range(c.accum_steps):
-                        batch = self._device_batch(next(batches))
-                        sync = micro == c.accum_steps - 1 or not env.distributed
-                        ctx = contextlib.nullcontext() if sync else self.model.no_sync()  # type: ignore[operator]
-                        with ctx:
-                            loss, parts = objective.loss(self.model, batch, self.autocast)
-                            value = float(loss.detach())
-                            if not math.isfinite(value):
-                                raise self._diverged(value)
-                            self.scaler.scale(loss / c.accum_steps).backward()
-                        step_loss += value / c.accum_steps
-                        for name, part in parts.items():
-                            step_parts[name] += float(part.detach()) / c.accum_steps
+                    micro_batches = []
+                    for _ in range(c.accum_steps):
+                        with meter.waiting():
+                            raw = next_batch(batches)
+                        micro_batches.append(self._device_batch(raw))
                         self.batch += 1
+                    result = train_step(self.model, objective, micro_batches, self.autocast, self.scaler,
+                                        self._check_finite)
+                    step_loss, step_parts = result.loss, result.parts
+                    del micro_batches
                     if c.grad_clip is not None:
                         self.scaler.unscale_(self.optimizer)
                         torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), c.grad_clip)
@@ -340,19 +375,18 @@ class Trainer:
                     clamp_logit_scale(self.raw_model)
                     self.step += 1
                     losses.append((self.step, step_loss))
-                    window_samples += global_batch
+                    meter.step_done()
                     if self.step % c.log_every == 0 or self.step == stop:
-                        now = time.perf_counter()
-                        rate = window_samples / max(now - window_t, 1e-9)
-                        window_t, window_samples = now, 0
+                        stats = meter.window()
                         self.recorder.log(self.step, self.epoch, "train", {
                             "loss": step_loss, **{f"loss_{k}": v for k, v in step_parts.items()}, "lr": lr,
                             **{k: float(getattr(self.raw_model, k).detach().exp()) for k in scale_names},
-                            "samples_per_s": rate, "host_rss_mb": host_rss_mb(),
-                            "anon_rss_mb": anon_rss_mb()})
+                            **stats, "host_rss_mb": host_rss_mb(), "anon_rss_mb": anon_rss_mb()})
+                        if env.is_main:
+                            logger.info(step_line(self.step, self.total_steps, step_loss, lr, stats))
                         if bar is not None:
-                            bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", sps=f"{rate:.1f}",
-                                            refresh=False)
+                            bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}",
+                                            sps=f"{stats['samples_per_s']:.1f}", refresh=False)
                     if bar is not None:
                         bar.update(1)
                     finished = self.step == self.total_steps
@@ -360,8 +394,12 @@ class Trainer:
                         valid = self.validate()
                     if self.step % c.save_every == 0 or finished:
                         self.save()
+                    if not finished and signals.requested(env):
+                        self._stop(signals)
                 del batches
         finally:
+            signals.__exit__()
+            shutdown(loader)
             if bar is not None:
                 bar.close()
             self.recorder.close()
@@ -377,9 +415,15 @@ def train(config: TrainConfig, train_dataset: Dataset | None = None,
           valid_dataset: Dataset | None = None) -> TrainResult:
     """Run (or resume) training as configured; joins torchrun's process group when there is one."""
     env = init_distributed(config.device)
+    trainer = None
     try:
-        return Trainer(config, env, train_dataset, valid_dataset).run()
+        trainer = Trainer(config, env, train_dataset, valid_dataset)
+        return trainer.run()
+    except OSError as exc:  # the disk filled up, the folder became read-only ...: one line, what to do
+        raise write_error(exc, "training output", trainer.last_checkpoint if trainer else None) from None
     finally:
+        if trainer is not None and trainer.folder is not None:
+            trainer.folder.release()
         cleanup(env)
 
 

@@ -11,7 +11,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .distributed import all_gather_tensor, is_dist
+from ..model.protocols import logit_scale_names
+from .distributed import all_gather_tensor, is_dist, unwrap
 
 LOGIT_SCALE_MAX = 4.6052  # ln(100): CLIP's clamp on the learnable log temperature
 
@@ -97,20 +98,31 @@ class TripartiteLoss(torch.nn.Module):
         img_r, txt_r = gather_features(out.image_right, out.text_right)
         has_l = all_gather_tensor(out.has_left.to(torch.uint8)).bool()
         has_r = all_gather_tensor(out.has_right.to(torch.uint8)).bool()
-        parts = {"global": clip_loss(img_g, txt_g, out.scale_global.mean()),
-                 "left": masked_clip_loss(img_l, txt_l, out.scale_left.mean(), has_l),
-                 "right": masked_clip_loss(img_r, txt_r, out.scale_right.mean(), has_r)}
-        return parts["global"] + parts["left"] + parts["right"], parts
+        rows = {"image_global": img_g, "text_global": txt_g, "image_left": img_l, "text_left": txt_l,
+                "image_right": img_r, "text_right": txt_r, "has_left": has_l, "has_right": has_r}
+        return tripartite_loss(rows, {"scale_global": out.scale_global, "scale_left": out.scale_left,
+                                      "scale_right": out.scale_right})
+
+
+def tripartite_loss(rows, scales) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """RET-CLIP's three-part loss of already gathered rows (``image_global`` ... ``has_right``) and
+    temperatures (``scale_global``, ``scale_left``, ``scale_right``); see :class:`TripartiteLoss`."""
+    parts = {"global": clip_loss(rows["image_global"], rows["text_global"], scales["scale_global"].mean()),
+             "left": masked_clip_loss(rows["image_left"], rows["text_left"], scales["scale_left"].mean(),
+                                      rows["has_left"].bool()),
+             "right": masked_clip_loss(rows["image_right"], rows["text_right"], scales["scale_right"].mean(),
+                                       rows["has_right"].bool())}
+    return parts["global"] + parts["left"] + parts["right"], parts
 
 
 @torch.no_grad()
 def clamp_logit_scale(model: torch.nn.Module) -> None:
     """Keep every log temperature (``logit_scale``, and those a model lists in ``logit_scale_names``)
     in ``[0, ln 100]`` as CLIP does after each step."""
-    target = getattr(model, "module", model)
-    for name in getattr(target, "logit_scale_names", ("logit_scale",)):
+    target = unwrap(model)
+    for name in logit_scale_names(target):
         getattr(target, name).clamp_(0, LOGIT_SCALE_MAX)
 
 
 __all__ = ["ContrastiveLoss", "LOGIT_SCALE_MAX", "TripartiteLoss", "clamp_logit_scale", "clip_loss",
-           "contrastive_logits", "gather_features", "masked_clip_loss"]
+           "contrastive_logits", "gather_features", "masked_clip_loss", "tripartite_loss"]

@@ -14,23 +14,38 @@ data kind      objective       micro-batch and loss
 
 An objective returns ``(loss, parts)``: ``parts`` maps a part name to its (detached-or-not)
 loss tensor and is logged as ``loss_<part>``; the CLIP objective has no parts.
+
+For feature-cached accumulation (:mod:`.accumulation`) an objective also splits its work in two:
+:meth:`Objective.embed` gives a micro-batch's :class:`Embedding` (per-sample rows and the
+temperatures), and :meth:`Objective.loss_of` computes the loss of an already gathered, possibly
+accumulated, set of rows (no communication inside).
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
 from ..errors import UserError
+from .data import KindedData
 from .distributed import DistEnv
 from .validation import evaluate, evaluate_patients
-from .loss import ContrastiveLoss, TripartiteLoss
+from .loss import ContrastiveLoss, TripartiteLoss, clip_loss, tripartite_loss
 
 Batch = Sequence[torch.Tensor]
 AutocastFactory = Callable[[], contextlib.AbstractContextManager]
+
+
+class Embedding(NamedTuple):
+    """One micro-batch's model outputs, split for the loss: ``rows`` have one entry per sample along
+    dim 0 (features, and boolean masks that take no gradient); ``scales`` are the temperatures
+    (parameters of the model, the same for every sample)."""
+
+    rows: dict[str, torch.Tensor]
+    scales: dict[str, torch.Tensor]
 
 
 class Objective:
@@ -60,6 +75,16 @@ class Objective:
         """``(loss, parts)`` of one device micro-batch (the forward runs under ``autocast``)."""
         raise NotImplementedError
 
+    def embed(self, model: nn.Module, batch: list[torch.Tensor],
+              autocast: AutocastFactory = contextlib.nullcontext) -> Embedding:
+        """The model's outputs for one device micro-batch, as :class:`Embedding`."""
+        raise NotImplementedError
+
+    def loss_of(self, rows: Mapping[str, torch.Tensor],
+                scales: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(loss, parts)`` of rows already gathered from every rank (and micro-batch)."""
+        raise NotImplementedError
+
     def evaluate(self, model: nn.Module, dataset: Dataset, env: DistEnv, tokenizer: Callable,
                  **kwargs: Any) -> dict[str, float]:
         """Validation metrics (see :mod:`cn_clip_ext.training.validation`)."""
@@ -83,6 +108,16 @@ class ClipObjective(Objective):
         with autocast():
             img_f, txt_f, scale = model(*batch)
         return self.loss_fn(img_f, txt_f, scale), {}
+
+    def embed(self, model: nn.Module, batch: list[torch.Tensor],
+              autocast: AutocastFactory = contextlib.nullcontext) -> Embedding:
+        with autocast():
+            img_f, txt_f, scale = model(*batch)
+        return Embedding({"image": img_f, "text": txt_f}, {"scale": scale})
+
+    def loss_of(self, rows: Mapping[str, torch.Tensor],
+                scales: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return clip_loss(rows["image"], rows["text"], scales["scale"].mean()), {}
 
     def evaluate(self, model: nn.Module, dataset: Dataset, env: DistEnv, tokenizer: Callable,
                  **kwargs: Any) -> dict[str, float]:
@@ -116,6 +151,20 @@ class TripartiteObjective(Objective):
             out = model(*batch)
         return self.loss_fn(out)
 
+    _ROWS = ("image_global", "image_left", "image_right", "text_global", "text_left", "text_right",
+             "has_left", "has_right")
+    _SCALES = ("scale_global", "scale_left", "scale_right")
+
+    def embed(self, model: nn.Module, batch: list[torch.Tensor],
+              autocast: AutocastFactory = contextlib.nullcontext) -> Embedding:
+        with autocast():
+            out = model(*batch)
+        return Embedding({k: getattr(out, k) for k in self._ROWS}, {k: getattr(out, k) for k in self._SCALES})
+
+    def loss_of(self, rows: Mapping[str, torch.Tensor],
+                scales: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return tripartite_loss(rows, scales)
+
     def evaluate(self, model: nn.Module, dataset: Dataset, env: DistEnv, tokenizer: Callable,
                  **kwargs: Any) -> dict[str, float]:
         return evaluate_patients(model, dataset, env, tokenizer, **kwargs)
@@ -137,11 +186,11 @@ def get_objective(name: str) -> Objective:
 
 def objective_for(dataset: Dataset) -> Objective:
     """The objective for a dataset's ``kind`` (``"pairs"`` when it declares none)."""
-    kind = getattr(dataset, "kind", "pairs")
+    kind = dataset.kind if isinstance(dataset, KindedData) else "pairs"
     if kind not in BY_DATA_KIND:
         raise UserError(f"training data of kind {kind!r} has no objective; known kinds: {sorted(BY_DATA_KIND)}")
     return get_objective(BY_DATA_KIND[kind])
 
 
-__all__ = ["BY_DATA_KIND", "ClipObjective", "OBJECTIVES", "Objective", "TripartiteObjective", "get_objective",
+__all__ = ["BY_DATA_KIND", "ClipObjective", "Embedding", "OBJECTIVES", "Objective", "TripartiteObjective", "get_objective",
            "objective_for"]

@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Mapping
 
+from ..extras import optional
+
 logger = logging.getLogger(__name__)
 
 FIELDS = ("step", "epoch", "split", "metric", "value")
@@ -84,14 +86,12 @@ class Recorder:
         if not self.csv_path.exists():
             with self.csv_path.open("w", newline="", encoding="utf-8") as fh:
                 csv.writer(fh).writerow(FIELDS)
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
+        if tensorboard and optional("tensorboard", extra="train",
+                                    skipped="no TensorBoard scalars (metrics.csv is written)") is not None:
+            from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(str(self.folder / "tensorboard"),
-                                         purge_step=None if resume_step is None else resume_step + 1)
-            except ImportError:
-                logger.warning("tensorboard is not installed: no TensorBoard scalars (metrics.csv is written)")
+            self._tb = SummaryWriter(str(self.folder / "tensorboard"),
+                                     purge_step=None if resume_step is None else resume_step + 1)
 
     def _truncate_after(self, step: int) -> None:
         rows = [r for r in read_metrics(self.csv_path) if int(r["step"]) <= step]
@@ -123,14 +123,11 @@ class Recorder:
         """Training loss and validation recall@1 by step as a PNG (needs matplotlib)."""
         if not self.enabled:
             return None
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            logger.warning("matplotlib is not installed: no curve PNG")
+        matplotlib = optional("matplotlib", extra="train", skipped="no curve PNG (metrics.csv has the numbers)")
+        if matplotlib is None:
             return None
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
         rows = read_metrics(self.csv_path)
         path = Path(path or self.folder / "curves.png")
         fig, (ax_loss, ax_rec) = plt.subplots(1, 2, figsize=(11, 4))

@@ -26,7 +26,8 @@ from ..evaluation.prompts import PromptSet, load_prompt_set
 from ..evaluation.synfundus import synfundus_label_classes
 from ..evaluation.scores import balanced_accuracy, recall_at_k
 from ..evaluation.classifier import class_embeddings, predict
-from .distributed import DistEnv, all_gather_tensor
+from .data import ColumnLabelled
+from .distributed import DistEnv, all_gather_tensor, unwrap
 from .loss import clip_loss
 
 logger = logging.getLogger(__name__)
@@ -70,11 +71,10 @@ def _shard(n: int, world: int, rank: int) -> list[int]:
 
 def _label_values(dataset: Dataset, name: str, n: int, values: Sequence[str]) -> torch.Tensor | None:
     """Class index (position in ``values``) of each of the first ``n`` items; -1 unknown or other."""
-    labels = getattr(dataset, "labels", None)
-    if labels is None:
+    if not isinstance(dataset, ColumnLabelled):
         return None
     try:
-        column = labels[name]
+        column = dataset.labels[name]
     except (KeyError, IndexError, TypeError):
         return None
     index = {v: i for i, v in enumerate(values)}
@@ -100,7 +100,7 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, env: DistEnv, tokenizer: 
 
 def _evaluation_mode(model: torch.nn.Module) -> contextlib.AbstractContextManager:
     """The unwrapped (DDP-free) model in eval mode; its training mode comes back afterwards."""
-    net = getattr(model, "module", model)
+    net = unwrap(model)
 
     @contextlib.contextmanager
     def scope():
