@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from cn_clip_ext.outputs import OWNER_FILE
 from cn_clip_ext.synth.captions import make_patient_report
 from cn_clip_ext.lmdb.digest import content_digest, verify_output
 from cn_clip_ext.lmdb.reader import (
@@ -124,7 +125,7 @@ def test_synth_cli_writes_patients(tmp_path):
                        "--no-progress"]) == 0
     rows = _read_csv(tmp_path / PATIENTS_DIR / PATIENTS_CSV)
     assert [r["patient_id"] for r in rows] == ["P000001", "P000002", "P000003"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == [PATIENTS_DIR]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [OWNER_FILE, PATIENTS_DIR]
 
 
 # --------------------------------------------------------------------------- build + reader
