@@ -27,7 +27,8 @@ from cn_clip_ext.synth.toys import (
 from cn_clip_ext.layouts import PATIENT_COLUMNS, PATIENT_LABEL_COLUMNS, PATIENTS_CSV, PATIENTS_DIR
 from cn_clip_ext.lmdb.splits import SPLITS, split_of
 from cn_clip_ext.synth.generator import patient_example, sample_patient, write_patients
-from cn_clip_ext.lmdb.validate import ImageOptions, InputSpec
+from cn_clip_ext.lmdb.images import ImageOptions
+from cn_clip_ext.lmdb.rows import InputSpec
 from cn_clip_ext.model.transforms import eval_transform
 from test_lmdb_fixtures import kill_build_midway, make_synfundus
 from vclip_data_prep.build_lmdb import main as build_main
