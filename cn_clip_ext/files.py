@@ -203,10 +203,10 @@ def _kind_of(mode: int) -> str:
             else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
 
 
-def _check_stat(path: Path, st: os.stat_result, what: str, max_bytes: int | None) -> int:
+def _check_stat(path: Path, st: os.stat_result, what: str, max_bytes: int | None, allow_empty: bool = False) -> int:
     if not stat.S_ISREG(st.st_mode):
         raise InputFileError(f"{path}: {what} is {_kind_of(st.st_mode)}, not a regular file", FILE_NOT_REGULAR)
-    if st.st_size == 0:
+    if st.st_size == 0 and not allow_empty:
         raise InputFileError(f"{path}: empty file", FILE_EMPTY)
     if max_bytes is not None and st.st_size > max_bytes:
         raise InputFileError(f"{path}: {what} is {st.st_size} bytes, above the limit of {max_bytes}",
@@ -220,9 +220,10 @@ def _os_problem(path: Path, what: str, exc: OSError) -> InputFileError:
     return InputFileError(f"{path}: cannot read the {what} ({exc.strerror or exc})", FILE_UNREADABLE)
 
 
-def check_input_file(path: str | Path, what: str = "file", max_bytes: int | None = DEFAULT_MAX_INPUT_BYTES) -> int:
+def check_input_file(path: str | Path, what: str = "file", max_bytes: int | None = DEFAULT_MAX_INPUT_BYTES, *,
+                     allow_empty: bool = False) -> int:
     """The size of ``path`` after checking, without opening it, that it is a regular file of at most
-    ``max_bytes`` (``None``: no bound) and not empty.
+    ``max_bytes`` (``None``: no bound) and, unless ``allow_empty``, not empty.
 
     A FIFO, device, socket or folder is refused at once (opening a FIFO would block forever), with a
     one-line :class:`InputFileError` (a :class:`UserError`) naming the path and the reason; so is a
@@ -233,7 +234,7 @@ def check_input_file(path: str | Path, what: str = "file", max_bytes: int | None
         st = os.stat(path)
     except OSError as exc:
         raise _os_problem(path, what, exc) from None
-    return _check_stat(path, st, what, max_bytes)
+    return _check_stat(path, st, what, max_bytes, allow_empty)
 
 
 def read_input_file(path: str | Path, what: str = "file", max_bytes: int | None = DEFAULT_MAX_INPUT_BYTES) -> bytes:

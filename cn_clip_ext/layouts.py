@@ -36,6 +36,12 @@ SYNFUNDUS_COLUMNS: tuple[str, ...] = (
     "diagnosticAdvice",
 )
 """The annotation CSV's header, in the published order."""
+SYNFUNDUS_IMAGE_COL = "file_name"
+"""The column naming each row's image, relative to :data:`SYNFUNDUS_IMAGE_DIR`."""
+SYNFUNDUS_TEXT_COL = "diagnosticAdvice"
+"""The column holding each row's caption."""
+SYNFUNDUS_NOT_LABELS: tuple[str, ...] = ("file_md5", SYNFUNDUS_IMAGE_COL, SYNFUNDUS_TEXT_COL)
+"""The columns that are not labels of the image (its checksum, its path, its caption)."""
 
 FINDINGS: tuple[str, ...] = (
     "is_amd", "is_aon", "is_crp", "is_dme", "is_em", "is_gc", "is_md", "is_mh", "is_htr",
@@ -49,7 +55,7 @@ READABILITY_COLUMNS: tuple[str, ...] = (
 
 INT_COLUMNS: tuple[str, ...] = tuple(
     c for c in SYNFUNDUS_COLUMNS
-    if c not in ("file_md5", "file_name", "retinal_region_quality_score", "diagnosticAdvice")
+    if c not in (*SYNFUNDUS_NOT_LABELS, "retinal_region_quality_score")
 )
 """Columns holding integers (``eyes_side``, the 0/1 flags and ``dr_grade``)."""
 

@@ -23,7 +23,8 @@ from cn_clip_ext.lmdb.digest import verify_output
 from cn_clip_ext.lmdb.writer import BuildConfig, BuildResult, build_lmdb
 from cn_clip_ext.layouts import PATIENT_COLUMNS, PATIENTS_CSV
 from cn_clip_ext.lmdb.splits import SPLITS, SplitRatios
-from cn_clip_ext.lmdb.validate import PATIENTS_KIND, ImageOptions, InputSpec
+from cn_clip_ext.lmdb.images import ImageOptions
+from cn_clip_ext.lmdb.rows import PATIENTS_KIND, InputSpec
 from cn_clip_ext.errors import UserError
 
 PROG = "vclip-build-lmdb"

@@ -37,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
                  "right_image, report) and its eye photos.",
         formatter_class=DefaultsHelpFormatter,
     )
-    p.add_argument("out_dir", metavar="OUT_DIR", help="folder to write into (created if missing)")
+    p.add_argument("out_dir", metavar="OUT_DIR",
+                   help="folder to write into (created if missing): an empty folder or one vclip-synth wrote "
+                        "before; any other folder is refused, and one run at a time writes it")
     p.add_argument("--n-images", type=int, default=200, metavar="N", help="SynFundus corpus images")
     p.add_argument("--n-eval", type=int, default=60, metavar="N", help="images per evaluation set")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (>= 0)")

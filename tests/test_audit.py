@@ -183,7 +183,7 @@ def test_lmdb_and_csv_corpora(data, tmp_path):
     src = open_corpus(csv_path)
     assert len(src) == 5 and src.open(0).mode == "RGB" and src.content_key() == open_corpus(csv_path).content_key()
     from cn_clip_ext.lmdb.writer import BuildConfig, build_lmdb
-    from cn_clip_ext.lmdb.validate import InputSpec
+    from cn_clip_ext.lmdb.rows import InputSpec
 
     build_lmdb(BuildConfig(InputSpec.synfundus(root / "syn"), tmp_path / "lmdb", workers=1, progress=False))
     lmdb = open_corpus(tmp_path / "lmdb")

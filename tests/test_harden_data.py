@@ -223,6 +223,36 @@ def test_a_damaged_data_mdb_is_one_line_naming_it_never_sigbus(built, tmp_path, 
     assert str(data) in verify.stderr
 
 
+def test_opening_a_database_checks_its_data_file_first_with_one_line_naming_it(tmp_path):
+    from cn_clip_ext.lmdb.store import open_readonly, open_writable, put_all
+
+    def refused(opener, folder: Path) -> str:
+        with pytest.raises(UserError) as exc:
+            opener(folder)
+        return str(exc.value)
+
+    data = tmp_path / "none" / "data.mdb"
+    assert refused(open_readonly, tmp_path / "none") == f"{data}: no LMDB database (an unfinished or damaged build?)"
+    for name, make in (("fifo", os.mkfifo), ("folder", os.mkdir)):
+        (tmp_path / name).mkdir()
+        make(tmp_path / name / "data.mdb")
+        for opener in (open_readonly, open_writable):
+            assert refused(opener, tmp_path / name) == \
+                f"{tmp_path / name / 'data.mdb'}: not a regular file, so not an LMDB database", (name, opener)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "data.mdb").write_bytes(b"")
+    assert refused(open_readonly, tmp_path / "empty") == \
+        f"{tmp_path / 'empty' / 'data.mdb'}: empty file, not an LMDB database; rebuild it"
+    for folder in ("empty", "new"):  # to be written: an empty or missing data file is lmdb's to initialise
+        env = open_writable(tmp_path / folder)
+        put_all(env, [(b"k", folder.encode())])
+        env.close()
+        env = open_readonly(tmp_path / folder)
+        with env.begin() as txn:
+            assert txn.get(b"k") == folder.encode()
+        env.close()
+
+
 def test_the_audit_corpus_reader_uses_the_same_checked_opening(built, tmp_path):
     from cn_clip_ext.audit.corpus import LmdbSplitSource
 

@@ -20,7 +20,8 @@ from cn_clip_ext.lmdb.digest import verify_output
 from cn_clip_ext.lmdb.reader import LmdbPairDataset, read_labels
 from cn_clip_ext.lmdb.writer import BuildConfig, build_lmdb
 from cn_clip_ext.lmdb.splits import SPLITS, SplitRatios, shard_of, split_of
-from cn_clip_ext.lmdb.validate import ImageOptions, InputSpec
+from cn_clip_ext.lmdb.images import ImageOptions
+from cn_clip_ext.lmdb.rows import InputSpec
 from cn_clip_ext.model.transforms import train_transform
 from test_lmdb_fixtures import COLUMNS, LABELS, make_synfundus, write_csv
 
@@ -192,7 +193,7 @@ def test_packing_data_loads_no_torch():
     import sys
 
     code = ("import sys, vclip_data_prep.build_lmdb, cn_clip_ext.lmdb.digest;"
-            "from cn_clip_ext.lmdb.validate import caption_tokens;"
+            "from cn_clip_ext.lmdb.rows import caption_tokens;"
             "assert caption_tokens('可见出血斑。') == 6, caption_tokens('可见出血斑。');"
             "print(sorted(m for m in ('torch', 'cn_clip.clip.model') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -12,7 +12,7 @@ from cn_clip_ext.lmdb.digest import verify_output
 from cn_clip_ext.lmdb.reader import LmdbPairDataset, UnsafeRecordError, safe_loads_pair
 from cn_clip_ext.lmdb.writer import BuildConfig, build_lmdb
 from cn_clip_ext.lmdb.splits import SplitRatios
-from cn_clip_ext.lmdb.validate import InputSpec
+from cn_clip_ext.lmdb.rows import InputSpec
 from test_lmdb_fixtures import make_synfundus
 
 

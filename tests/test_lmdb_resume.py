@@ -47,7 +47,7 @@ def test_crash_between_data_and_journal_commit_replays_identically(tmp_path, mon
     """The worst moment: a block's images and pairs are in, its journal entry is not."""
     from cn_clip_ext.lmdb import journal as lmdb_journal
     from cn_clip_ext.lmdb.writer import BuildConfig, build_lmdb
-    from cn_clip_ext.lmdb.validate import InputSpec
+    from cn_clip_ext.lmdb.rows import InputSpec
 
     root = tmp_path / "syn"
     make_synfundus(root, 20, seed=12)

@@ -12,7 +12,7 @@ from PIL import Image
 
 from cn_clip_ext.lmdb.reader import LmdbPairDataset
 from cn_clip_ext.lmdb.writer import BuildConfig, build_lmdb
-from cn_clip_ext.lmdb.validate import InputSpec
+from cn_clip_ext.lmdb.rows import InputSpec
 from cn_clip_ext.errors import UserError
 from test_lmdb_fixtures import COLUMNS, fundus_image, make_synfundus, row_for, write_csv
 from vclip_data_prep.build_lmdb import main
@@ -102,7 +102,7 @@ def test_summary_describes_fractional_scores_instead_of_counting_values():
 
 
 def test_convert_modes_keeps_grey_rgba_and_16_bit(bad_corpus, tmp_path):
-    from cn_clip_ext.lmdb.validate import ImageOptions
+    from cn_clip_ext.lmdb.images import ImageOptions
 
     root, _ = bad_corpus
     _build(root, tmp_path / "out", image=ImageOptions(convert_modes=True))
@@ -171,29 +171,29 @@ def test_missing_csv_and_mismatched_rebuild_are_user_errors(tmp_path):
 
 def test_fast_png_path_decodes_like_pil_and_still_rejects_corrupted_data():
     from cn_clip_ext.model import png
-    from cn_clip_ext.lmdb import validate
+    from cn_clip_ext.lmdb import images, rows
 
     rng = np.random.default_rng(11)
     data = _png(fundus_image(rng))
-    options = validate.ImageOptions()
-    fast = validate.check_image(data, options)
+    options = images.ImageOptions()
+    fast = images.check_image(data, options)
     idat = data.index(b"IDAT") + 8
     corrupted = bytearray(data)
     corrupted[idat + (len(data) - idat) // 2] ^= 0x10  # one bit inside the compressed pixels
     truncated = data[: len(data) - 40]
     saved, png.pyspng = png.pyspng, None
     try:
-        slow = validate.check_image(data, options)
+        slow = images.check_image(data, options)
         expected = {}
         for name, bad in (("corrupted", bytes(corrupted)), ("truncated", truncated)):
-            with pytest.raises(validate.RowReject) as exc:
-                validate.check_image(bad, options)
+            with pytest.raises(rows.RowReject) as exc:
+                images.check_image(bad, options)
             expected[name] = exc.value.reason
     finally:
         png.pyspng = saved
     assert fast.mode == "RGB" and np.array_equal(np.asarray(fast), np.asarray(slow))
     for name, bad in (("corrupted", bytes(corrupted)), ("truncated", truncated)):
-        with pytest.raises(validate.RowReject) as exc:
-            validate.check_image(bad, options)
+        with pytest.raises(rows.RowReject) as exc:
+            images.check_image(bad, options)
         assert exc.value.reason == expected[name], name
     assert expected == {"corrupted": "undecodable_image", "truncated": "truncated_image"}

@@ -77,6 +77,9 @@ def test_check_input_file_refuses_special_files_at_once(tmp_path: Path) -> None:
     empty.write_bytes(b"")
     with pytest.raises(UserError, match="empty file"):
         check_input_file(empty, "image")
+    assert check_input_file(empty, "image", allow_empty=True) == 0
+    with pytest.raises(UserError, match="is a FIFO"):
+        check_input_file(fifo, "image", allow_empty=True)
     big = tmp_path / "big.png"
     big.write_bytes(b"x" * 2048)
     with pytest.raises(UserError, match="above the limit of 1024"):

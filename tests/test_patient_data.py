@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from cn_clip_ext.outputs import OWNER_FILE
 from cn_clip_ext.synth.captions import make_patient_report
 from cn_clip_ext.lmdb.digest import content_digest, verify_output
 from cn_clip_ext.lmdb.reader import (
@@ -26,7 +27,8 @@ from cn_clip_ext.synth.toys import (
 from cn_clip_ext.layouts import PATIENT_COLUMNS, PATIENT_LABEL_COLUMNS, PATIENTS_CSV, PATIENTS_DIR
 from cn_clip_ext.lmdb.splits import SPLITS, split_of
 from cn_clip_ext.synth.generator import patient_example, sample_patient, write_patients
-from cn_clip_ext.lmdb.validate import ImageOptions, InputSpec
+from cn_clip_ext.lmdb.images import ImageOptions
+from cn_clip_ext.lmdb.rows import InputSpec
 from cn_clip_ext.model.transforms import eval_transform
 from test_lmdb_fixtures import kill_build_midway, make_synfundus
 from vclip_data_prep.build_lmdb import main as build_main
@@ -124,7 +126,7 @@ def test_synth_cli_writes_patients(tmp_path):
                        "--no-progress"]) == 0
     rows = _read_csv(tmp_path / PATIENTS_DIR / PATIENTS_CSV)
     assert [r["patient_id"] for r in rows] == ["P000001", "P000002", "P000003"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == [PATIENTS_DIR]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [OWNER_FILE, PATIENTS_DIR]
 
 
 # --------------------------------------------------------------------------- build + reader

@@ -16,6 +16,7 @@ from cn_clip_ext.synth.captions import make_caption
 from cn_clip_ext.synth.renderer import render_fundus
 from cn_clip_ext.layouts import (CAPTION_KEYWORDS, FINDINGS, FIVES, MESSIDOR2, NORMAL_KEYWORD, REFUGE,
                                      SYNFUNDUS_COLUMNS, SYNFUNDUS_CSV, SYNFUNDUS_IMAGE_DIR)
+from cn_clip_ext.outputs import OWNER_FILE
 from cn_clip_ext.synth.generator import SynthConfig, generate, sample_labels, write_synfundus
 from vclip_data_prep.synth import main
 
@@ -393,7 +394,7 @@ def test_cli_writes_everything(tmp_path, capsys):
     assert (out / MESSIDOR2.folder / MESSIDOR2.csv).is_file()
     assert not list(out.glob(".vclip-synth-*"))
     assert main([str(tmp_path / "e"), "--n-images", "3", "--no-eval", "--size", "64", "--no-progress"]) == 0
-    assert sorted(p.name for p in (tmp_path / "e").iterdir()) == [SYNFUNDUS_IMAGE_DIR, SYNFUNDUS_CSV]
+    assert sorted(p.name for p in (tmp_path / "e").iterdir()) == [OWNER_FILE, SYNFUNDUS_IMAGE_DIR, SYNFUNDUS_CSV]
 
 
 def test_cli_help(capsys):

@@ -5,7 +5,7 @@ then ``pairs``, keys in LMDB order) and then over the side tables. It depends on
 not on LMDB page layout, so an interrupted-and-resumed build and an uninterrupted one agree.
 A build records its folder's digest in the manifest (``content_digest``); :func:`verify_output`
 recomputes it and, unless ``decode=False``, also decodes every stored image, so it finds a value
-that is not base64, an image that declares more pixels than :data:`~.validate.MAX_IMAGE_PIXELS`
+that is not base64, an image that declares more pixels than :data:`~.images.MAX_IMAGE_PIXELS`
 (a decompression bomb), a corrupt image, and (through the digest) any byte changed since the build.
 Records are checked in the shape of the build's kind (pairs, or patients: see the manifest).
 """
@@ -25,7 +25,8 @@ from .splits import SPLITS
 from .store import IMGS, NUM_IMAGES, NUM_SAMPLES, PAIRS, database_file, readonly
 from .tables import LABELS_TABLE, MANIFEST, SIDE_TABLES, read_kind
 from .unpickle import safe_loads_pair, safe_loads_patient
-from .validate import PATIENTS_KIND, check_stored_image
+from .images import check_stored_image
+from .rows import PATIENTS_KIND
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ A damaged or hostile split is a one-line :class:`~cn_clip_ext.errors.UserError` 
 database and the record, never a crash or a traceback from lmdb, pickle or PIL: a truncated or
 garbage ``data.mdb`` (see :mod:`.store`), a count that disagrees with the records, a record that
 is not a safe pickle (:class:`UnsafeRecordError`), an image value that is not base64, an image
-that declares more than :data:`~.validate.MAX_IMAGE_PIXELS` pixels (refused before decoding) or
+that declares more than :data:`~.images.MAX_IMAGE_PIXELS` pixels (refused before decoding) or
 that does not decode.
 
 :class:`LmdbPairDataset` (one image per sample) and :class:`LmdbPatientDataset` (RET-CLIP: both
@@ -44,9 +44,8 @@ from .store import (
     IMGS, NUM_IMAGES, NUM_SAMPLES, PAIRS, acquire_readonly, database_file, read_failure, readonly, release_readonly,
 )
 from .tables import LABELS_TABLE, read_kind
-from .validate import (
-    PAIRS_KIND, PATIENTS_KIND, decode_stored_value, image_dimensions, normalize_caption, too_many_pixels,
-)
+from .images import decode_stored_value, image_dimensions, too_many_pixels
+from .rows import PAIRS_KIND, PATIENTS_KIND, normalize_caption
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@
   A bad eye image is rejected on its own and the patient kept with the other eye; a patient
   with no usable eye is rejected as a whole.
 
-The writer (:mod:`.lmdb_writer`) handles reading, validation, the worker pool, transactions and
+The writer (:mod:`.writer`) handles reading, validation, the worker pool, transactions and
 the journal once for every kind; a :class:`RecordKind` only says how a row's fields map to
 image files, how the processed images become LMDB items, and how a row shows in the side tables.
 """
@@ -22,7 +22,7 @@ from typing import Any, Mapping, Sequence
 from .journal import EyeOutcome, RowOutcome
 from .store import IMGS, PAIRS
 from .splits import SplitRatios, split_of
-from .validate import (
+from .rows import (
     DUPLICATE_FILE_NAME, DUPLICATE_PATIENT_ID, EMPTY_FILE_NAME, EMPTY_PATIENT_ID, NO_EYE_IMAGE, NO_USABLE_EYE,
     PAIRS_KIND, PATIENTS_KIND, CsvInfo, RowReject, eye_fields, normalize_path,
 )

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import stat
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -20,6 +19,7 @@ from typing import Iterable, Iterator
 import lmdb
 
 from ..errors import UserError, first_line
+from ..files import FILE_EMPTY, FILE_MISSING, FILE_NOT_REGULAR, InputFileError, check_input_file
 from ..outputs import is_disk_full, write_failure
 
 logger = logging.getLogger(__name__)
@@ -39,20 +39,27 @@ def database_file(path: Path) -> Path:
     return Path(path) / DATA_FILE
 
 
+_DATA_FILE_PROBLEMS = {
+    FILE_MISSING: "no LMDB database (an unfinished or damaged build?)",
+    FILE_NOT_REGULAR: "not a regular file, so not an LMDB database",
+    FILE_EMPTY: "empty file, not an LMDB database; rebuild it",
+}
+"""How a refused ``data.mdb`` is reported (:func:`~cn_clip_ext.files.check_input_file`'s own words
+for an unreadable one: "cannot read the LMDB database (...)")."""
+
+
 def _check_data_file(path: Path, must_exist: bool) -> None:
+    """Refuse a ``data.mdb`` that is not a regular file; one to be read must also exist and not be empty
+    (lmdb creates or initialises the one it is to write)."""
     data = database_file(path)
     try:
-        st = os.stat(data)
-    except FileNotFoundError:
-        if must_exist:
-            raise UserError(f"{data}: no LMDB database (an unfinished or damaged build?)") from None
-        return
-    except OSError as exc:
-        raise UserError(f"{data}: cannot read the LMDB database ({exc.strerror or exc})") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise UserError(f"{data}: not a regular file, so not an LMDB database")
-    if st.st_size == 0 and must_exist:  # (lmdb initialises an empty file it is to write)
-        raise UserError(f"{data}: empty file, not an LMDB database; rebuild it")
+        check_input_file(data, "LMDB database", max_bytes=None, allow_empty=not must_exist)
+    except InputFileError as exc:
+        if exc.problem == FILE_MISSING and not must_exist:
+            return
+        if exc.problem in _DATA_FILE_PROBLEMS:
+            raise UserError(f"{data}: {_DATA_FILE_PROBLEMS[exc.problem]}") from None
+        raise
 
 
 def _check_length(env: lmdb.Environment, path: Path) -> None:

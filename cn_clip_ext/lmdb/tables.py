@@ -19,7 +19,7 @@ from .journal import Journal, RowOutcome
 from .records import EYES, record_kind
 from .store import IMGS, PAIRS
 from .splits import SPLITS, SplitRatios
-from .validate import PAIRS_KIND, CsvInfo, iter_rows
+from .rows import PAIRS_KIND, CsvInfo, iter_rows
 
 MANIFEST = "manifest.json"
 SUMMARY = "summary.json"

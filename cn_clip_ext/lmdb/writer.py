@@ -44,9 +44,10 @@ from .records import Item, RecordKind, record_kind
 from .store import IMGS, NUM_IMAGES, NUM_SAMPLES, PAIRS, open_writable, put_all
 from .tables import MANIFEST, SIDE_TABLES, write_side_tables
 from .splits import SPLITS, SplitRatios, shard_of
-from .validate import (
-    EMPTY_CAPTION, MALFORMED_ROW, PAIRS_KIND, UNDECODABLE, CsvInfo, ImageOptions, InputSpec, RowReject,
-    caption_tokens, iter_rows, process_image, row_fields, scan_csv,
+from .images import ImageOptions, process_image
+from .rows import (
+    EMPTY_CAPTION, MALFORMED_ROW, PAIRS_KIND, UNDECODABLE, CsvInfo, InputSpec, RowReject, caption_tokens, iter_rows,
+    row_fields, scan_csv,
 )
 
 logger = logging.getLogger(__name__)

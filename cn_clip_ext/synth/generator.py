@@ -14,6 +14,9 @@ Layouts written (see :mod:`cn_clip_ext.layouts` for the tables)::
 
 Every writer builds its files in a hidden staging folder under ``root`` and moves them into
 place only when all are done, the CSV last, so a failed run leaves nothing half-written.
+:func:`generate` (what ``vclip-synth`` runs) also holds ``root``'s write lock and writes only into
+an empty folder or one that its owner marker (kind :data:`OWNER_KIND`) proves is synthetic data of
+ours, so it never overwrites a colleague's files, another command's output or a second run in progress.
 """
 from __future__ import annotations
 
@@ -36,6 +39,8 @@ from PIL import Image, ImageDraw
 
 from .captions import make_caption, make_patient_report
 from .renderer import DISC_ASPECT, EXTERNAL_CAMERAS, SYNFUNDUS_CAMERA, Geometry, Rendered, render_fundus
+from ..errors import UserError
+from ..outputs import LOCK_FILE, OWNER_FILE, output_lock, owner_kind, write_owner_marker
 from ..layouts import (EVAL_LAYOUTS, FINDINGS, FIVES, MESSIDOR2, PATIENT_COLUMNS, PATIENT_LABEL_COLUMNS,
                      PATIENTS_CSV, PATIENTS_DIR, PATIENTS_IMAGE_DIR, READABILITY_COLUMNS, REFUGE,
                      SYNFUNDUS_COLUMNS, SYNFUNDUS_CSV, SYNFUNDUS_IMAGE_DIR)
@@ -43,13 +48,16 @@ from ..layouts import (EVAL_LAYOUTS, FINDINGS, FIVES, MESSIDOR2, PATIENT_COLUMNS
 __all__ = [
     "SynthConfig", "sample_labels", "sample_captions", "make_caption", "render_fundus", "synfundus_example",
     "write_synfundus", "write_messidor2", "write_fives", "write_refuge", "write_eval_sets", "generate",
-    "sample_patient", "patient_example", "write_patients", "ID_OFFSET", "STREAMS", "PREVALENCE",
+    "sample_patient", "patient_example", "write_patients", "ID_OFFSET", "STREAMS", "PREVALENCE", "OWNER_KIND",
+    "synth_output",
 ]
 
 logger = logging.getLogger(__name__)
 
 ID_OFFSET = 1000
 """SynFundus image ids are ``ID_OFFSET + index`` (``1000.png``, ``1001.png``, …)."""
+OWNER_KIND = "synthetic-data"
+"""Owner-marker kind of a folder :func:`generate` wrote (see :mod:`cn_clip_ext.outputs`)."""
 PNG_COMPRESS_LEVEL = 1
 """zlib level for the PNGs: lossless either way, level 1 is several times faster than 6."""
 JPEG_QUALITY = 95
@@ -521,7 +529,22 @@ def generate(root: str | os.PathLike[str], config: SynthConfig = SynthConfig(), 
              corpus: bool = True, eval_sets: Sequence[str] = tuple(EVAL_WRITERS),
              progress: bool = True) -> dict[str, Path]:
     """Write the corpus, evaluation sets and patient-level set a :class:`SynthConfig` describes;
-    returns what was written."""
+    returns what was written. ``root`` is claimed first (see :func:`synth_output`)."""
+    targets: list[str] = []
+    if corpus and config.n_images:
+        targets += [SYNFUNDUS_IMAGE_DIR, SYNFUNDUS_CSV]
+    if config.n_eval:
+        targets += [EVAL_LAYOUTS[name].folder for name in eval_sets if name in EVAL_LAYOUTS]
+    if config.n_patients:
+        targets.append(PATIENTS_DIR)
+    if not targets:
+        return {}
+    with synth_output(root, targets):
+        return _generate(root, config, workers, corpus, eval_sets, progress)
+
+
+def _generate(root: str | os.PathLike[str], config: SynthConfig, workers: int, corpus: bool,
+              eval_sets: Sequence[str], progress: bool) -> dict[str, Path]:
     out: dict[str, Path] = {}
     if corpus and config.n_images:
         out["synfundus"] = write_synfundus(root, config.n_images, config.seed, config.size, workers,
@@ -536,6 +559,68 @@ def generate(root: str | os.PathLike[str], config: SynthConfig = SynthConfig(), 
                                          low_quality_rate=config.low_quality_rate,
                                          missing_eye_rate=config.missing_eye_rate, progress=progress)
     return out
+
+
+# --------------------------------------------------------------------------- the output folder
+
+_BOOKKEEPING = (LOCK_FILE, OWNER_FILE)
+
+
+def _others(root: Path) -> list[str]:
+    """The entries of ``root`` besides the lock file and owner marker (sorted)."""
+    return sorted(p.name for p in root.iterdir() if p.name not in _BOOKKEEPING) if root.is_dir() else []
+
+
+def _check_writable_here(root: Path, targets: Sequence[str]) -> None:
+    """One line unless synthetic data may be written into ``root`` (nothing is written here).
+
+    Allowed: ``root`` is missing, empty, or marked as ours; and none of the ``targets`` it would write
+    (top-level names) is a symbolic link (which would lead the writes elsewhere) or a folder that
+    another command's owner marker claims (an evaluation report written into ``root/fives``, say).
+    """
+    if root.exists() and not root.is_dir():
+        raise UserError(f"{root}: exists and is not a folder; choose another output folder")
+    kind = owner_kind(root)
+    if kind is not None and kind != OWNER_KIND:
+        raise UserError(f"{root}: holds a {kind} written by another command; choose another output folder")
+    others = _others(root)
+    if kind is None and others:
+        raise UserError(f"{root}: the folder is not empty ({len(others)} entries) and holds no synthetic data "
+                        f"of this toolkit (no {OWNER_FILE} marker); synthetic data is written only into an empty "
+                        "folder or one it was written into before: choose another output folder")
+    for name in targets:
+        path = root / name
+        if path.is_symlink():
+            raise UserError(f"{path}: is a symbolic link; synthetic data is written only into real folders "
+                            "(choose another output folder)")
+        other = owner_kind(path) if path.is_dir() else None
+        if other is not None:
+            raise UserError(f"{path}: holds a {other} written by another command; choose another output folder")
+
+
+@contextmanager
+def synth_output(root: str | os.PathLike[str], targets: Sequence[str] = ()) -> Iterator[Path]:
+    """Claim ``root`` for synthetic data while the block writes ``targets`` (its top-level names).
+
+    The folder is checked before anything is written (:func:`_check_writable_here`: a refusal leaves
+    it untouched), then its lock is taken (a second writer is refused with one line), checked again,
+    and marked as ours. A block that fails before writing anything takes its marker away again, so a
+    failed run into an empty folder leaves it empty; re-running into a marked folder rewrites the same
+    files (the data is deterministic) and never touches any other file in it.
+    """
+    root = Path(root)
+    _check_writable_here(root, targets)
+    with output_lock(root, "synthetic data folder", remove=True):
+        _check_writable_here(root, targets)
+        marked_before = owner_kind(root) == OWNER_KIND
+        if not marked_before:
+            write_owner_marker(root, OWNER_KIND)
+        try:
+            yield root
+        except BaseException:
+            if not marked_before and not _others(root):
+                (root / OWNER_FILE).unlink(missing_ok=True)
+            raise
 
 
 # --------------------------------------------------------------------------- plumbing

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from ..lmdb.reader import PatientItem, patient_item
 from ..layouts import EYE_NAMES_CN
-from ..lmdb.validate import PATIENTS_KIND
+from ..lmdb.rows import PATIENTS_KIND
 from ..model.tokenizer import Tokenizer
 
 __all__ = ["TOY_CAPTIONS", "TOY_LABELS", "TensorPairs", "make_toy_pairs", "parse_toy_spec", "toy_splits",
