@@ -243,7 +243,8 @@ def main() -> int:
     args = p.parse_args()
     import_rss_mib()  # before this process grows (see its docstring)
     work = args.workdir
-    machine = (f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+    machine = (f"Measured {time.strftime('%Y-%m-%d', time.gmtime())}. "
+               f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
                f"load average {os.getloadavg()[0]:.1f} at the start (other jobs share this box).")
     sections: dict[str, list[str]] = {}
     if args.n:
