@@ -5,6 +5,7 @@ Examples::
     vclip-synth data/synth --n-images 2000 --n-eval 200 --workers 4
     vclip-synth data/synth --n-images 500 --no-eval           # corpus only
     vclip-synth data/synth --no-corpus --eval-sets refuge     # one evaluation set
+    vclip-synth data/synth --no-corpus --no-eval --published all --n-eval 100   # APTOS-2019, IDRiD, ... lookalikes
     vclip-synth data/synth --no-corpus --no-eval --patients 500   # paired eyes + reports (RET-CLIP)
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Sequence
 from cn_clip_ext.cli import DefaultsHelpFormatter, run_program, setup_logging
 from cn_clip_ext.layouts import EVAL_LAYOUTS, PATIENTS_CSV, PATIENTS_DIR, SYNFUNDUS_CSV, SYNFUNDUS_IMAGE_DIR
 from cn_clip_ext.synth.generator import ID_OFFSET, SynthConfig, generate
+from cn_clip_ext.synth.published import PUBLISHED_WRITERS
 from cn_clip_ext.errors import UserError
 
 PROG = "vclip-synth"
@@ -56,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of patients with one eye photo missing")
     p.add_argument("--eval-sets", nargs="+", default=list(EVAL_LAYOUTS), choices=list(EVAL_LAYOUTS),
                    metavar="NAME", help=f"evaluation sets to write, of {', '.join(EVAL_LAYOUTS)}")
+    p.add_argument("--published", nargs="+", default=[], choices=[*PUBLISHED_WRITERS, "all"], metavar="NAME",
+                   help="also write lookalikes of further published datasets in their layouts (--n-eval images "
+                        f"each): {', '.join(PUBLISHED_WRITERS)}, or all")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation sets")
     p.add_argument("--no-corpus", action="store_true", help="skip the SynFundus corpus")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -115,9 +120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = Path(args.out_dir)
         _check_out_dir(out)
         eval_sets = [] if args.no_eval else list(dict.fromkeys(args.eval_sets))
+        published = list(PUBLISHED_WRITERS) if "all" in args.published else args.published
         try:
             written = generate(out, config, workers=args.workers, corpus=not args.no_corpus,
-                               eval_sets=eval_sets, progress=not args.no_progress)
+                               eval_sets=eval_sets, progress=not args.no_progress, published_sets=published)
         except OSError as exc:
             where = exc.filename or out
             if exc.errno == errno.ENOSPC:

@@ -300,3 +300,19 @@ def test_cli_evaluates_every_new_dataset(root, tmp_path, capsys):
                                       encoding="utf-8")))
         assert len(scores) == r["n_images"] + 1 and len(scores[0]) == 2 + len(r["classes"])
     assert report["meta"]["image_lists"] == {"acrima": str(listed)}
+
+
+def test_vclip_synth_writes_the_published_lookalikes_that_vclip_eval_reads(root, tmp_path):
+    from vclip_data_prep.synth import main as synth_main
+
+    out = tmp_path / "synth"
+    assert synth_main([str(out), "--no-corpus", "--no-eval", "--published", "aptos2019", "jsiec", "--n-eval",
+                       str(N), "--seed", "3", "--size", "48", "--no-progress"]) == 0
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["aptos2019", "jsiec"]
+    for name in ("aptos2019", "jsiec"):  # the program writes what the library writes, byte for byte
+        ours = sorted(p.relative_to(out / name) for p in (out / name).rglob("*") if p.is_file())
+        assert ours == sorted(p.relative_to(root / name) for p in (root / name).rglob("*") if p.is_file())
+        assert all((out / name / p).read_bytes() == (root / name / p).read_bytes() for p in ours)
+    with pytest.raises(SystemExit) as err:  # an unknown name is refused by the parser, before any writing
+        synth_main([str(tmp_path / "other"), "--no-corpus", "--no-eval", "--published", "nonesuch"])
+    assert err.value.code == 2 and not (tmp_path / "other").exists()

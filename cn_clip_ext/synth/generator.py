@@ -41,6 +41,7 @@ from .captions import make_caption, make_patient_report
 from .renderer import DISC_ASPECT, EXTERNAL_CAMERAS, SYNFUNDUS_CAMERA, Geometry, Rendered, render_fundus
 from ..errors import UserError
 from ..outputs import LOCK_FILE, OWNER_FILE, output_lock, owner_kind, write_owner_marker
+from .published import write_published_sets
 from ..layouts import (EVAL_LAYOUTS, FINDINGS, FIVES, MESSIDOR2, PATIENT_COLUMNS, PATIENT_LABEL_COLUMNS,
                      PATIENTS_CSV, PATIENTS_DIR, PATIENTS_IMAGE_DIR, READABILITY_COLUMNS, REFUGE,
                      SYNFUNDUS_COLUMNS, SYNFUNDUS_CSV, SYNFUNDUS_IMAGE_DIR)
@@ -527,9 +528,11 @@ def write_eval_sets(root: str | os.PathLike[str], n: int, seed: int = 0, size: i
 
 def generate(root: str | os.PathLike[str], config: SynthConfig = SynthConfig(), workers: int = 1,
              corpus: bool = True, eval_sets: Sequence[str] = tuple(EVAL_WRITERS),
-             progress: bool = True) -> dict[str, Path]:
-    """Write the corpus, evaluation sets and patient-level set a :class:`SynthConfig` describes;
-    returns what was written. ``root`` is claimed first (see :func:`synth_output`)."""
+             progress: bool = True, published_sets: Sequence[str] = ()) -> dict[str, Path]:
+    """Write the corpus, evaluation sets and patient-level set a :class:`SynthConfig` describes, and
+    ``published_sets`` (names of :data:`~.published.PUBLISHED_WRITERS`: APTOS-2019, IDRiD, ... lookalikes
+    of ``config.n_eval`` images each); returns what was written. ``root`` is claimed first (see
+    :func:`synth_output`)."""
     targets: list[str] = []
     if corpus and config.n_images:
         targets += [SYNFUNDUS_IMAGE_DIR, SYNFUNDUS_CSV]
@@ -537,10 +540,15 @@ def generate(root: str | os.PathLike[str], config: SynthConfig = SynthConfig(), 
         targets += [EVAL_LAYOUTS[name].folder for name in eval_sets if name in EVAL_LAYOUTS]
     if config.n_patients:
         targets.append(PATIENTS_DIR)
+    published = list(dict.fromkeys(published_sets)) if config.n_eval else []
+    targets += published
     if not targets:
         return {}
     with synth_output(root, targets):
-        return _generate(root, config, workers, corpus, eval_sets, progress)
+        out = _generate(root, config, workers, corpus, eval_sets, progress)
+        if published:
+            out.update(write_published_sets(root, config.n_eval, config.seed, config.size, published))
+        return out
 
 
 def _generate(root: str | os.PathLike[str], config: SynthConfig, workers: int, corpus: bool,
