@@ -1,6 +1,7 @@
 """Linear probe and k-shot, the MESSIDOR and REFUGE label-table readers, the vectorised bootstrap,
 and the prompt set shared by vclip-eval and in-training validation."""
 import csv
+import dataclasses
 import json
 import logging
 import shutil
@@ -296,15 +297,40 @@ def test_training_validation_uses_the_eval_prompt_set(monkeypatch):
     monkeypatch.setattr(train_eval, "class_embeddings", spy)
     model = create_model("RN-tiny@BERT-tiny-chinese", seed=0)
     data = make_toy_pairs(12, 128, 0, 52)
-    kw = dict(batch_size=12, loss_batch_size=12, label_names=("dr_grade", "is_gc", "is_pm"))
-    out = train_eval.evaluate(model, data, DistEnv(), get_tokenizer("RN-tiny@BERT-tiny-chinese"), **kw,
-                              prompts=prompts, label_classes=label_classes)
+    options = train_eval.ValidationOptions(batch_size=12, loss_batch_size=12,
+                                           label_names=("dr_grade", "is_gc", "is_pm"))
+    out = train_eval.evaluate(model, data, DistEnv(), get_tokenizer("RN-tiny@BERT-tiny-chinese"),
+                              dataclasses.replace(options, prompts=prompts, label_classes=label_classes))
     assert {"zs_dr_grade_bacc", "zs_is_gc_bacc"} <= set(out) and "zs_is_pm_bacc" not in out
     assert seen == [[list(p) for p in prompts.for_classes(["dr_0", "dr_1", "dr_2", "dr_3", "dr_4"])],
                     [list(p) for p in prompts.for_classes(["no_glaucoma", "glaucoma"])]]
-    bare = train_eval.evaluate(model, data, DistEnv(), get_tokenizer("RN-tiny@BERT-tiny-chinese"), **kw)
+    bare = train_eval.evaluate(model, data, DistEnv(), get_tokenizer("RN-tiny@BERT-tiny-chinese"), options)
     assert not any(k.startswith("zs_") for k in bare) and "i2t_r1" in bare
     assert not hasattr(train_eval, "ZEROSHOT_CLASSES")
+
+
+def test_one_validation_options_value_serves_pairs_and_patients():
+    from cn_clip_ext import create_model, get_tokenizer
+    from cn_clip_ext.model.tripartite import to_tripartite
+    from cn_clip_ext.synth.toys import make_toy_patients
+
+    options = train_eval.ValidationOptions(batch_size=4, loss_batch_size=4, max_samples=8, label_names=["dr_grade"])
+    assert options.label_names == ("dr_grade",)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.batch_size = 2  # type: ignore[misc]
+    tokenizer = get_tokenizer("RN-tiny@BERT-tiny-chinese")
+    pairs_model = create_model("RN-tiny@BERT-tiny-chinese", seed=0).train()
+    pairs = train_eval.evaluate(pairs_model, make_toy_pairs(12, 128, 0, 52), DistEnv(), tokenizer, options)
+    assert {"loss", "i2t_r1", "i2t_r5", "t2i_r1", "t2i_r5"} <= set(pairs) and pairs_model.training
+    patients_model = to_tripartite(create_model("RN-tiny@BERT-tiny-chinese", seed=0), 0).train()
+    patient_set = make_toy_patients(12, 128, seed=3, missing_rate=0.25)
+    patients = train_eval.evaluate_patients(patients_model, patient_set, DistEnv(), tokenizer, options)
+    assert {"loss", "loss_global", "i2t_r1", "t2i_r5"} <= set(patients) and patients_model.training
+    heads = [patients[k] for k in ("loss_global", "loss_left", "loss_right") if k in patients]
+    assert patients["loss"] == pytest.approx(sum(heads))
+    nothing = dataclasses.replace(options, max_samples=0)
+    assert train_eval.evaluate(pairs_model, make_toy_pairs(4, 128, 0, 52), DistEnv(), tokenizer, nothing) == {}
+    assert train_eval.evaluate_patients(patients_model, patient_set, DistEnv(), tokenizer, nothing) == {}
 
 
 def test_vclip_train_defaults_to_the_eval_package_prompt_files(tmp_path):

@@ -34,7 +34,7 @@ from .config import TrainConfig
 from ..synth.toys import toy_splits
 from .data import LabelledDataset, ResumableSampler, SeededDataset, batch_seed, item_seed, steps_per_epoch
 from .distributed import DistEnv, all_gather_object, barrier, cleanup, init_distributed
-from .validation import load_zeroshot_setup
+from .validation import ValidationOptions, load_zeroshot_setup
 from .loss import clamp_logit_scale
 from .objectives import objective_for
 from .optim import build_optimizer, build_scheduler
@@ -290,11 +290,11 @@ class Trainer:
             return {}
         c = self.config
         t0 = time.perf_counter()
-        metrics = self.objective.evaluate(
-            self.model, self.valid_set, self.env, self.tokenizer, batch_size=c.valid_batch_size,
-            loss_batch_size=c.batch_size * self.env.world_size, num_workers=min(c.num_workers, 2),
-            max_samples=c.valid_max_samples, label_names=c.zeroshot_labels, autocast=self.autocast,
-            prompts=self.zs_prompts, label_classes=self.zs_classes)
+        options = ValidationOptions(
+            batch_size=c.valid_batch_size, loss_batch_size=c.batch_size * self.env.world_size,
+            num_workers=min(c.num_workers, 2), max_samples=c.valid_max_samples, label_names=c.zeroshot_labels,
+            autocast=self.autocast, prompts=self.zs_prompts, label_classes=self.zs_classes)
+        metrics = self.objective.evaluate(self.model, self.valid_set, self.env, self.tokenizer, options)
         self.recorder.log(self.step, self.epoch, "valid", metrics)
         if self.env.is_main:
             shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())

@@ -23,7 +23,7 @@ accumulated, set of rows (no communication inside).
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from typing import Callable, Mapping, NamedTuple, Sequence
 
 import torch
 from torch import nn
@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 from ..errors import UserError
 from .data import KindedData
 from .distributed import DistEnv
-from .validation import evaluate, evaluate_patients
+from .validation import ValidationOptions, evaluate, evaluate_patients
 from .loss import ContrastiveLoss, TripartiteLoss, clip_loss, tripartite_loss
 
 Batch = Sequence[torch.Tensor]
@@ -86,7 +86,7 @@ class Objective:
         raise NotImplementedError
 
     def evaluate(self, model: nn.Module, dataset: Dataset, env: DistEnv, tokenizer: Callable,
-                 **kwargs: Any) -> dict[str, float]:
+                 options: ValidationOptions) -> dict[str, float]:
         """Validation metrics (see :mod:`cn_clip_ext.training.validation`)."""
         raise NotImplementedError
 
@@ -120,8 +120,8 @@ class ClipObjective(Objective):
         return clip_loss(rows["image"], rows["text"], scales["scale"].mean()), {}
 
     def evaluate(self, model: nn.Module, dataset: Dataset, env: DistEnv, tokenizer: Callable,
-                 **kwargs: Any) -> dict[str, float]:
-        return evaluate(model, dataset, env, tokenizer, **kwargs)
+                 options: ValidationOptions) -> dict[str, float]:
+        return evaluate(model, dataset, env, tokenizer, options)
 
 
 class TripartiteObjective(Objective):
@@ -166,8 +166,8 @@ class TripartiteObjective(Objective):
         return tripartite_loss(rows, scales)
 
     def evaluate(self, model: nn.Module, dataset: Dataset, env: DistEnv, tokenizer: Callable,
-                 **kwargs: Any) -> dict[str, float]:
-        return evaluate_patients(model, dataset, env, tokenizer, **kwargs)
+                 options: ValidationOptions) -> dict[str, float]:
+        return evaluate_patients(model, dataset, env, tokenizer, options)
 
 
 OBJECTIVES: Mapping[str, type[Objective]] = {cls.name: cls for cls in (ClipObjective, TripartiteObjective)}

@@ -4,6 +4,8 @@
 Each rank embeds a contiguous shard of the valid split; shards are gathered so every rank holds
 all embeddings in dataset order and computes the same numbers.
 
+Both take one :class:`ValidationOptions` (batch sizes, how many items, zero-shot labels and prompts).
+
 Zero-shot prompts are data, the same that ``vclip-eval`` uses: a :class:`PromptSet` and, per
 side-table label column, ``{label value -> prompt class}`` (the ``synfundus`` entries of a
 dataset table, see :func:`load_zeroshot_setup`). Without them, zero-shot accuracy is skipped.
@@ -13,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -34,6 +37,31 @@ logger = logging.getLogger(__name__)
 
 LabelClasses = Mapping[str, Mapping[str, str]]
 """Side-table column -> {label value as text -> prompt class key}."""
+
+
+@dataclass(frozen=True)
+class ValidationOptions:
+    """How one validation pass runs, for pairs (:func:`evaluate`) and patients (:func:`evaluate_patients`)."""
+
+    batch_size: int
+    """Items per device batch while embedding."""
+    loss_batch_size: int
+    """Rows per global batch of the validation loss (training's global batch, so that the losses compare)."""
+    num_workers: int = 0
+    """DataLoader worker processes."""
+    max_samples: int | None = None
+    """Validate on the first this many items (``None``: all of them)."""
+    label_names: Sequence[str] = ("dr_grade", "is_gc", "is_amd")
+    """Side-table label columns to report zero-shot balanced accuracy for (``zs_<label>_bacc``)."""
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+    """The mixed-precision context the forward passes run in."""
+    prompts: PromptSet | None = None
+    """The zero-shot prompt set; ``None`` skips zero-shot accuracy."""
+    label_classes: LabelClasses | None = None
+    """Per label column, ``{label value -> class of prompts}``; ``None`` skips zero-shot accuracy."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "label_names", tuple(self.label_names))
 
 
 MINED = "mined"
@@ -83,35 +111,32 @@ def _label_values(dataset: Dataset, name: str, n: int, values: Sequence[str]) ->
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, dataset: Dataset, env: DistEnv, tokenizer: Callable, *,
-             batch_size: int, loss_batch_size: int, num_workers: int = 0, max_samples: int | None = None,
-             label_names: Sequence[str] = ("dr_grade", "is_gc", "is_amd"),
-             autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-             prompts: PromptSet | None = None, label_classes: LabelClasses | None = None) -> dict[str, float]:
-    """Metrics on ``dataset`` (first ``max_samples`` items): ``loss``, ``i2t_r1`` ... and, for each of
-    ``label_names`` that ``label_classes`` maps to classes of ``prompts``, ``zs_<label>_bacc``."""
-    n = len(dataset) if max_samples is None else min(len(dataset), max_samples)  # type: ignore[arg-type]
+def evaluate(model: torch.nn.Module, dataset: Dataset, env: DistEnv, tokenizer: Callable,
+             options: ValidationOptions) -> dict[str, float]:
+    """Metrics on ``dataset`` (first ``options.max_samples`` items): ``loss``, ``i2t_r1`` ... and, for
+    each of ``options.label_names`` that ``options.label_classes`` maps to classes of ``options.prompts``,
+    ``zs_<label>_bacc``."""
+    return _run(_evaluate_pairs, model, dataset, env, tokenizer, options)
+
+
+_Pass = Callable[[torch.nn.Module, Dataset, int, DistEnv, Callable, ValidationOptions], dict[str, float]]
+
+
+def _run(metrics: _Pass, model: torch.nn.Module, dataset: Dataset, env: DistEnv, tokenizer: Callable,
+         options: ValidationOptions) -> dict[str, float]:
+    """``metrics`` of the first ``options.max_samples`` items (none: ``{}``), computed on the unwrapped
+    (DDP-free) model in eval mode; its training mode comes back afterwards."""
+    total = len(dataset)  # type: ignore[arg-type]
+    n = total if options.max_samples is None else min(total, options.max_samples)
     if n == 0:
         return {}
-    with _evaluation_mode(model) as net:
-        return _evaluate_pairs(net, dataset, n, env, tokenizer, batch_size, loss_batch_size, num_workers,
-                               label_names, autocast, prompts, label_classes)
-
-
-def _evaluation_mode(model: torch.nn.Module) -> contextlib.AbstractContextManager:
-    """The unwrapped (DDP-free) model in eval mode; its training mode comes back afterwards."""
     net = unwrap(model)
-
-    @contextlib.contextmanager
-    def scope():
-        was_training = net.training
-        net.eval()
-        try:
-            yield net
-        finally:
-            net.train(was_training)
-
-    return scope()
+    was_training = net.training
+    net.eval()
+    try:
+        return metrics(net, dataset, n, env, tokenizer, options)
+    finally:
+        net.train(was_training)
 
 
 def _loader(dataset: Dataset, n: int, env: DistEnv, batch_size: int, num_workers: int) -> DataLoader:
@@ -122,15 +147,13 @@ def _loader(dataset: Dataset, n: int, env: DistEnv, batch_size: int, num_workers
 
 
 def _evaluate_pairs(net: torch.nn.Module, dataset: Dataset, n: int, env: DistEnv, tokenizer: Callable,
-                    batch_size: int, loss_batch_size: int, num_workers: int, label_names: Sequence[str],
-                    autocast: Callable[[], contextlib.AbstractContextManager], prompts: PromptSet | None,
-                    label_classes: LabelClasses | None) -> dict[str, float]:
-    loader = _loader(dataset, n, env, batch_size, num_workers)
+                    options: ValidationOptions) -> dict[str, float]:
+    loader = _loader(dataset, n, env, options.batch_size, options.num_workers)
     img_parts, txt_parts, tok_parts = [], [], []
     for images, tokens in loader:
         images = images.to(env.device, non_blocking=True)
         tokens = tokens.to(env.device, non_blocking=True)
-        with autocast():
+        with options.autocast():
             img_parts.append(F.normalize(net.encode_image(images).float(), dim=-1))
             txt_parts.append(F.normalize(net.encode_text(tokens).float(), dim=-1))
         tok_parts.append(tokens)
@@ -140,7 +163,7 @@ def _evaluate_pairs(net: torch.nn.Module, dataset: Dataset, n: int, env: DistEnv
     scale = net.logit_scale.exp().float()
 
     out: dict[str, float] = {}
-    loss = _chunked_loss(img, txt, scale, torch.ones(n, dtype=torch.bool, device=img.device), loss_batch_size)
+    loss = _chunked_loss(img, txt, scale, torch.ones(n, dtype=torch.bool, device=img.device), options.loss_batch_size)
     if loss is not None:
         out["loss"] = loss
     # identical captions are interchangeable: group texts by their token ids
@@ -149,17 +172,17 @@ def _evaluate_pairs(net: torch.nn.Module, dataset: Dataset, n: int, env: DistEnv
     for key, (q, g) in {"i2t": (img, txt), "t2i": (txt, img)}.items():
         rec = recall_at_k(q, g, (1, 5), groups, groups)
         out[f"{key}_r1"], out[f"{key}_r5"] = rec[1], rec[5]
-    out.update(_zero_shot(net, dataset, img, n, tokenizer, env, label_names, prompts, label_classes))
+    out.update(_zero_shot(net, dataset, img, n, tokenizer, env, options))
     return out
 
 
 def _zero_shot(net: torch.nn.Module, dataset: Dataset, img: torch.Tensor, n: int, tokenizer: Callable, env: DistEnv,
-               label_names: Sequence[str], prompts: PromptSet | None,
-               label_classes: LabelClasses | None) -> dict[str, float]:
+               options: ValidationOptions) -> dict[str, float]:
     """``zs_<label>_bacc`` for each label column the dataset has and the prompts cover."""
     out: dict[str, float] = {}
-    for name in label_names:
-        classes = (label_classes or {}).get(name)
+    prompts = options.prompts
+    for name in options.label_names:
+        classes = (options.label_classes or {}).get(name)
         y = _label_values(dataset, name, n, list(classes)) if classes and prompts is not None else None
         if y is None:
             logger.debug("zero-shot: no label %r, no prompt classes for it or no prompt set; skipped", name)
@@ -189,11 +212,8 @@ def _chunked_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, pre
 
 
 @torch.no_grad()
-def evaluate_patients(model: torch.nn.Module, dataset: Dataset, env: DistEnv, tokenizer: Callable, *,
-                      batch_size: int, loss_batch_size: int, num_workers: int = 0, max_samples: int | None = None,
-                      label_names: Sequence[str] = ("dr_grade", "is_gc", "is_amd"),
-                      autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-                      prompts: PromptSet | None = None, label_classes: LabelClasses | None = None) -> dict[str, float]:
+def evaluate_patients(model: torch.nn.Module, dataset: Dataset, env: DistEnv, tokenizer: Callable,
+                      options: ValidationOptions) -> dict[str, float]:
     """Metrics of a tripartite model on patients ``(left, right, has_left, has_right, tokens)``.
 
     Per head: ``loss_<head>`` and recall@1/5 both ways over the patients that have that eye
@@ -201,25 +221,18 @@ def evaluate_patients(model: torch.nn.Module, dataset: Dataset, env: DistEnv, to
     ``loss`` is the sum of the three, as in training. Zero-shot ``zs_<label>_bacc`` uses the
     patient feature and runs only when the dataset has such label columns.
     """
-    n = len(dataset) if max_samples is None else min(len(dataset), max_samples)  # type: ignore[arg-type]
-    if n == 0:
-        return {}
-    with _evaluation_mode(model) as net:
-        return _evaluate_patients(net, dataset, n, env, tokenizer, batch_size, loss_batch_size, num_workers,
-                                  label_names, autocast, prompts, label_classes)
+    return _run(_evaluate_patients, model, dataset, env, tokenizer, options)
 
 
 def _evaluate_patients(net: torch.nn.Module, dataset: Dataset, n: int, env: DistEnv, tokenizer: Callable,
-                       batch_size: int, loss_batch_size: int, num_workers: int, label_names: Sequence[str],
-                       autocast: Callable[[], contextlib.AbstractContextManager], prompts: PromptSet | None,
-                       label_classes: LabelClasses | None) -> dict[str, float]:
+                       options: ValidationOptions) -> dict[str, float]:
     from ..model.tripartite import HEADS
 
-    loader = _loader(dataset, n, env, batch_size, num_workers)
+    loader = _loader(dataset, n, env, options.batch_size, options.num_workers)
     parts: dict[str, list[torch.Tensor]] = {}
     for left, right, has_left, has_right, tokens in loader:
         batch = [t.to(env.device, non_blocking=True) for t in (left, right, has_left, has_right, tokens)]
-        with autocast():
+        with options.autocast():
             out = net(*batch)
         for key, value in out._asdict().items():
             if value.ndim:
@@ -234,7 +247,7 @@ def _evaluate_patients(net: torch.nn.Module, dataset: Dataset, n: int, env: Dist
     metrics: dict[str, float] = {"loss": 0.0}
     for head in HEADS:
         img, txt, rows = full[f"image_{head}"], full[f"text_{head}"], present[head].nonzero().view(-1)
-        loss = _chunked_loss(img, txt, scales[head].exp().float(), present[head], loss_batch_size)
+        loss = _chunked_loss(img, txt, scales[head].exp().float(), present[head], options.loss_batch_size)
         if loss is None:
             continue
         metrics[f"loss_{head}"] = loss
@@ -243,9 +256,8 @@ def _evaluate_patients(net: torch.nn.Module, dataset: Dataset, n: int, env: Dist
         for key, (q, g) in {"i2t": (img[rows], txt[rows]), "t2i": (txt[rows], img[rows])}.items():
             rec = recall_at_k(q, g, (1, 5), groups[rows], groups[rows])
             metrics[f"{prefix}{key}_r1"], metrics[f"{prefix}{key}_r5"] = rec[1], rec[5]
-    metrics.update(_zero_shot(net, dataset, full["image_global"], n, tokenizer, env, label_names, prompts,
-                              label_classes))
+    metrics.update(_zero_shot(net, dataset, full["image_global"], n, tokenizer, env, options))
     return metrics
 
 
-__all__ = ["LabelClasses", "evaluate", "evaluate_patients", "load_zeroshot_setup"]
+__all__ = ["LabelClasses", "ValidationOptions", "evaluate", "evaluate_patients", "load_zeroshot_setup"]
