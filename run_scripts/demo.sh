@@ -7,6 +7,7 @@
 #
 #   bash run_scripts/demo.sh                       # defaults: tiny model, ~9 minutes on 2 cores
 #   bash run_scripts/demo.sh --images 20000 --steps 3000 --arch RN50@RoBERTa-wwm-ext-base-chinese --batch 128
+#   bash run_scripts/demo.sh --all-datasets        # then also the ten further published layouts, and mined prompts
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -19,9 +20,10 @@ lr=1e-3
 arch=RN-tiny@BERT-tiny-chinese
 bootstrap=500
 workers=$(nproc 2>/dev/null || echo 2)
+all_datasets=0
 
 usage() {
-  sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
   cat <<EOT
 
 options:
@@ -34,6 +36,8 @@ options:
   --arch NAME        architecture (default: $arch)
   --workers N        processes for generation, packing and loading (default: all cores)
   --bootstrap N      bootstrap resamples for the 95% intervals (default: $bootstrap)
+  --all-datasets     also evaluate on lookalikes of APTOS-2019, IDRiD, EyePACS, DeepDRiD, RFMiD, ODIR-5K,
+                     PAPILA, ACRIMA, AIROGS and JSIEC, and on every set with prompts mined from the corpus
 EOT
 }
 
@@ -48,6 +52,7 @@ while [ $# -gt 0 ]; do
     --arch) arch=$2; shift 2 ;;
     --workers) workers=$2; shift 2 ;;
     --bootstrap) bootstrap=$2; shift 2 ;;
+    --all-datasets) all_datasets=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "demo.sh: error: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -88,11 +93,36 @@ stage eval "$bin/vclip-eval" --checkpoint "$out/train/checkpoints/latest.pt=Visi
   --prompts plain --workers "$workers" --bootstrap "$bootstrap" --quiet --out "$out/eval"
 stage export "$bin/vclip-export" "$out/train/checkpoints/latest.pt" "$out/bundle" --report "$out/eval/report.json" \
   --onnx --force
+if [ "$all_datasets" = 1 ]; then
+  # the further layouts in their own folder: --data-root "$out/data" above must keep finding only its three
+  stage published "$bin/vclip-synth" "$out/published" --no-corpus --no-eval --published all \
+    --n-eval "$eval_images" --size 256 --seed 1
+  every=(--data-root "$out/published" --data idrid_dr="$out/published/idrid" --data idrid_dme="$out/published/idrid"
+         --data messidor2="$out/data/messidor2" --data fives="$out/data/fives" --data refuge="$out/data/refuge"
+         --data synfundus_dr="$out/lmdb" --data synfundus_glaucoma="$out/lmdb"
+         --data synfundus_amd="$out/lmdb" --data synfundus_condition="$out/lmdb")
+  stage eval_all "$bin/vclip-eval" --checkpoint "$out/train/checkpoints/latest.pt=VisionCLIP ($arch, trained)" \
+    --untrained "$arch" "${every[@]}" --prompts plain --workers "$workers" --bootstrap "$bootstrap" --quiet \
+    --out "$out/eval_all"
+  stage eval_mined "$bin/vclip-eval" --checkpoint "$out/train/checkpoints/latest.pt=VisionCLIP ($arch, trained)" \
+    "${every[@]}" --prompts "mined:$out/lmdb" --workers "$workers" --bootstrap "$bootstrap" --quiet \
+    --out "$out/eval_mined"
+fi
 
 echo
 echo "VisionCLIP demo: zero-shot balanced accuracy (ACA) on generated data, $((SECONDS - start)) s this run"
 echo
 cat "$out/eval/table.md"
+if [ "$all_datasets" = 1 ]; then
+  echo
+  echo "Every dataset, built-in plain prompts ($out/eval_all):"
+  echo
+  cat "$out/eval_all/table.md"
+  echo
+  echo "Every dataset, prompts mined from the training corpus ($out/eval_mined):"
+  echo
+  cat "$out/eval_mined/table.md"
+fi
 echo
 echo "reports, plots and predictions: $out/eval"
 echo "training curves and metrics:     $out/train"

@@ -75,3 +75,25 @@ def test_demo_rejects_unknown_options(tmp_path):
                           text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "demo.sh: error: unknown option --frobnicate (see --help)"
+
+
+def test_demo_all_datasets_adds_the_published_layouts_and_mined_prompts(demo):
+    out, _ = demo
+    proc = subprocess.run(["bash", str(ROOT / "run_scripts" / "demo.sh"), "--out", str(out), "--images", "400",
+                           "--eval-images", "40", "--steps", "60", "--batch", "16", "--bootstrap", "100",
+                           "--workers", "2", "--all-datasets"], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for stage in STAGES:  # the main job is reused, not redone
+        assert f"[demo] {stage}: up to date, reused" in proc.stderr
+    single = {"aptos2019", "idrid_dr", "idrid_dme", "eyepacs", "deepdrid", "papila", "acrima", "airogs", "jsiec",
+              "messidor2", "fives", "refuge", *IN_DOMAIN}
+    for folder in ("eval_all", "eval_mined"):
+        report = json.loads((out / folder / "report.json").read_text(encoding="utf-8"))
+        for per in report["results"].values():
+            assert set(per) == single
+        for per in report["multilabel"].values():
+            assert set(per) == {"rfmid", "odir5k"}
+        assert (out / folder / "table.md").read_text(encoding="utf-8").strip() in proc.stdout
+    assert len(json.loads((out / "eval_all" / "report.json").read_text(encoding="utf-8"))["results"]) == 2
+    mined = json.loads((out / "eval_mined" / "report.json").read_text(encoding="utf-8"))
+    assert "mined" in mined["meta"]["prompts"]

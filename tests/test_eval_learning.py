@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from cn_clip_ext import eval_transform, get_tokenizer
 from cn_clip_ext.synth.generator import write_fives, write_synfundus
@@ -22,14 +21,6 @@ from vclip_eval.evaluate import DATASETS_TABLE, PROMPTS_DIR
 
 MODEL = "RN-test64@BERT-tiny-chinese"
 STEPS = 120
-
-
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_trained_model_beats_the_majority_baseline_on_fives(tmp_path, one_thread):

@@ -11,7 +11,6 @@ import json
 import os
 import pickle
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -28,7 +27,7 @@ from cn_clip_ext.lmdb.digest import content_digest, verify_output
 from cn_clip_ext.lmdb.reader import LmdbPairDataset
 from cn_clip_ext.lmdb.splits import SPLITS
 from cn_clip_ext.outputs import OWNER_FILE
-from test_lmdb_fixtures import COLUMNS, fundus_image, make_synfundus, row_for, write_csv
+from test_lmdb_fixtures import COLUMNS, fundus_image, make_synfundus, put_record as _put, row_for, write_csv
 from vclip_data_prep.build_lmdb import main
 
 PROG = "vclip-build-lmdb"
@@ -77,13 +76,6 @@ def _copy(built: Path, tmp_path: Path) -> Path:
     dst = tmp_path / "copy"
     shutil.copytree(built, dst)
     return dst
-
-
-def _put(db: Path, key: bytes, value: bytes) -> None:
-    env = lmdb.open(str(db), map_size=64 << 20)
-    with env.begin(write=True) as txn:
-        txn.put(key, value)
-    env.close()
 
 
 # --------------------------------------------------------------------------- 1. --overwrite deletes only our build

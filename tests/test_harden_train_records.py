@@ -12,10 +12,10 @@ import subprocess
 import zlib
 from pathlib import Path
 
-import lmdb
 import pytest
 
 from cn_clip_ext.synth.generator import write_synfundus
+from test_lmdb_fixtures import put_record as _put
 from test_train_support import PYTHON, ROOT, TEST_MODEL, cpu_env, model_config_dir
 from vclip_data_prep.build_lmdb import main as build_main
 
@@ -53,13 +53,6 @@ def built(tmp_path_factory) -> Path:
     assert build_main([str(tmp / "syn"), "--out", str(out), "--size", "64", "--split", "1:0:0", "--workers", "1",
                        "--no-progress"]) == 0
     return out
-
-
-def _put(db: Path, key: bytes, value: bytes) -> None:
-    env = lmdb.open(str(db), map_size=64 << 20)
-    with env.begin(write=True) as txn:
-        txn.put(key, value)
-    env.close()
 
 
 def test_the_hostile_pickle_really_runs_code_when_loaded_plainly(tmp_path):

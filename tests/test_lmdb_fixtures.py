@@ -94,3 +94,13 @@ def kill_build_midway(args: list[str], out: Path, after_row: int, timeout: float
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     return cursor
+
+
+def put_record(db: Path, key: bytes, value: bytes) -> None:
+    """Write one raw ``key -> value`` into the LMDB environment ``db`` (to corrupt a built copy)."""
+    import lmdb
+
+    env = lmdb.open(str(db), map_size=64 << 20)
+    with env.begin(write=True) as txn:
+        txn.put(key, value)
+    env.close()

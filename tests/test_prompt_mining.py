@@ -15,7 +15,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 import yaml
 
 from cn_clip_ext.evaluation import load_dataset_table, load_prompt_set
@@ -125,14 +124,6 @@ def test_check_flags_the_builtin_set_and_not_the_mined_one(lmdb, tmp_path, capsy
     after = {(c.task, c.key): c for c in check(corpus, tasks, mined.prompts)}
     assert after[("synfundus_amd", "amd")].warning is None and after[("synfundus_amd", "amd")].verbatim == 1.0
     assert after[("synfundus_amd", "amd")].wording["amd"] > after[("synfundus_amd", "amd")].wording["no_amd"]
-
-
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_mined_prompts_beat_the_builtin_ones_on_amd(lmdb, tmp_path, one_thread, capsys):

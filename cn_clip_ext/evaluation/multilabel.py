@@ -22,6 +22,7 @@ import torch
 from ..extras import require
 from .datasets import EvalSet
 from .prompts import PromptSet
+from .tables import MISSING, model_grid, row
 from .scores import resample_indices
 
 METRICS = ("macro_auc", "map")
@@ -172,25 +173,18 @@ def result_to_dict(r: MultiLabelResult) -> dict:
 def multilabel_table(results: Mapping[str, Mapping[str, MultiLabelResult]]) -> str:
     """Rows = models (then the prevalence baseline), columns = multi-label data sets: macro AUC
     with its bootstrap interval and mAP."""
-    datasets = list(dict.fromkeys(d for per in results.values() for d in per))
-    lines = ["| model | " + " | ".join(datasets) + " |", "|---|" + "---|" * len(datasets)]
-    for model, per in results.items():
-        cells = []
-        for d in datasets:
-            r = per.get(d)
-            if r is None:
-                cells.append("–")
-                continue
-            lo, hi = r.intervals.get("macro_auc", (float("nan"),) * 2)
-            cells.append(f"{r.metrics['macro_auc']:.3f} [{lo:.3f}, {hi:.3f}] (mAP {r.metrics['map']:.3f})")
-        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    def cell(r: MultiLabelResult) -> str:
+        lo, hi = r.intervals.get("macro_auc", (float("nan"),) * 2)
+        return f"{r.metrics['macro_auc']:.3f} [{lo:.3f}, {hi:.3f}] (mAP {r.metrics['map']:.3f})"
+
+    datasets, lines = model_grid(results, cell)
     first = next(iter(results.values()), {})
     cells = []
     for d in datasets:
         r = first.get(d)
         b = r.baselines["prevalence"] if r else {}
-        cells.append(f"{b['macro_auc']:.3f} (mAP {b['map']:.3f})" if b else "–")
-    lines.append("| prevalence baseline | " + " | ".join(cells) + " |")
+        cells.append(f"{b['macro_auc']:.3f} (mAP {b['map']:.3f})" if b else MISSING)
+    lines.append(row("prevalence baseline", cells))
     return ("multi-label: macro AUC with bootstrap 95% interval, mAP in brackets\n\n" + "\n".join(lines) + "\n")
 
 

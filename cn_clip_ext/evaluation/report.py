@@ -14,6 +14,7 @@ import numpy as np
 from ..outputs import replace_run_outputs
 from .datasets import EvalSet
 from .probe import KShotResult
+from .tables import MISSING, model_grid, row
 from .zero_shot import ZeroShotResult
 
 Results = Mapping[str, Mapping[str, ZeroShotResult]]  # model label -> dataset -> result
@@ -43,27 +44,20 @@ def markdown_table(results: Results, metric: str = "balanced_accuracy") -> str:
 
     The baselines are those of the first model's results (all models share the scored images).
     """
-    datasets = list(dict.fromkeys(d for per in results.values() for d in per))
-    lines = ["| model | " + " | ".join(datasets) + " |", "|---|" + "---|" * len(datasets)]
-    for model, per in results.items():
-        cells = []
-        for d in datasets:
-            r = per.get(d)
-            if r is None:
-                cells.append("–")
-                continue
-            lo, hi = r.intervals.get(metric, (float("nan"),) * 2)
-            cells.append(f"{r.metrics[metric]:.3f} [{lo:.3f}, {hi:.3f}] (top-1 {r.metrics['top1']:.3f}, "
-                         f"n={int(r.labels.size)})")
-        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    def cell(r: ZeroShotResult) -> str:
+        lo, hi = r.intervals.get(metric, (float("nan"),) * 2)
+        return (f"{r.metrics[metric]:.3f} [{lo:.3f}, {hi:.3f}] (top-1 {r.metrics['top1']:.3f}, "
+                f"n={int(r.labels.size)})")
+
+    datasets, lines = model_grid(results, cell)
     first = next(iter(results.values()), {})
     for base in ("majority", "uniform"):
         cells = []
         for d in datasets:
             r = first.get(d)
             b = r.baselines.get(base, {}) if r else {}
-            cells.append(f"{b[metric]:.3f} (top-1 {b['top1']:.3f})" if metric in b else "–")
-        lines.append(f"| {base}-class baseline | " + " | ".join(cells) + " |")
+            cells.append(f"{b[metric]:.3f} (top-1 {b['top1']:.3f})" if metric in b else MISSING)
+        lines.append(row(f"{base}-class baseline", cells))
     name = metric.replace("_", " ")
     return (f"{name} with bootstrap 95% interval, top-1 accuracy and the number of images scored in brackets\n\n"
             + "\n".join(lines) + "\n")
