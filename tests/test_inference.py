@@ -216,3 +216,32 @@ def test_audit_model_encoder_gives_the_same_embeddings_in_its_session(tmp_path):
     assert plain.shape == (3, encoder.dim)
     np.testing.assert_allclose(plain, expected, atol=1e-5)
     np.testing.assert_allclose(inside, expected, atol=1e-4)
+
+
+def test_thread_split_leaves_cores_to_the_workers_only_when_decoding_is_the_bottleneck(monkeypatch):
+    from cn_clip_ext.model import inference
+
+    monkeypatch.setattr(inference, "cpu_count", lambda: 4)
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        with inference.threads_beside_workers("cpu", 2, adaptive=True) as split:  # the loop waits for batches
+            for _ in range(split.PROBE_BATCHES + 1):
+                assert torch.get_num_threads() == 4  # all cores while probing
+                split.observe(1.0, 0.1)
+            assert torch.get_num_threads() == 2  # then one core left to each worker
+        assert torch.get_num_threads() == 4
+        with inference.threads_beside_workers("cpu", 2, adaptive=True) as split:  # the model is the bottleneck
+            split.observe(5.0, 0.1)  # the first batch (workers starting) does not count
+            for _ in range(split.PROBE_BATCHES + 3):
+                split.observe(0.01, 1.0)
+            assert torch.get_num_threads() == 4
+        with inference.threads_beside_workers("cpu", 2):  # not adaptive: split at once
+            assert torch.get_num_threads() == 2
+        with inference.threads_beside_workers("cpu", 0, adaptive=True) as split:  # no workers: nothing to split
+            for _ in range(split.PROBE_BATCHES + 1):
+                split.observe(1.0, 0.1)
+            assert torch.get_num_threads() == 4
+        assert torch.get_num_threads() == 4
+    finally:
+        torch.set_num_threads(before)
