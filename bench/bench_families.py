@@ -103,7 +103,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     from cn_clip_ext.evaluation import EvalSet
 
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
+    # /var/tmp rather than /tmp: a long run must not lose its images to a /tmp clean-up by other jobs
+    with tempfile.TemporaryDirectory(prefix="bench_families_", dir=os.environ.get("VCLIP_BENCH_TMP", "/var/tmp")) as tmp:
         tmp = Path(tmp)
         paths = write_images(tmp / "images", args.n, args.size)
         eval_set = EvalSet("bench", ("normal",), tuple(paths), (0,) * len(paths))
