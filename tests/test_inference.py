@@ -218,29 +218,28 @@ def test_audit_model_encoder_gives_the_same_embeddings_in_its_session(tmp_path):
     np.testing.assert_allclose(inside, expected, atol=1e-4)
 
 
-def test_thread_split_leaves_cores_to_the_workers_only_when_decoding_is_the_bottleneck(monkeypatch):
+def test_only_a_small_tower_leaves_cores_to_the_decoding_workers(monkeypatch):
+    from cn_clip_ext import create_model
     from cn_clip_ext.model import inference
 
     monkeypatch.setattr(inference, "cpu_count", lambda: 4)
     before = torch.get_num_threads()
     torch.set_num_threads(4)
     try:
-        with inference.threads_beside_workers("cpu", 2, adaptive=True) as split:  # the loop waits for batches
-            for _ in range(split.PROBE_BATCHES + 1):
-                assert torch.get_num_threads() == 4  # all cores while probing
-                split.observe(1.0, 0.1)
-            assert torch.get_num_threads() == 2  # then one core left to each worker
-        assert torch.get_num_threads() == 4
-        with inference.threads_beside_workers("cpu", 2, adaptive=True) as split:  # the model is the bottleneck
-            split.observe(5.0, 0.1)  # the first batch (workers starting) does not count
-            for _ in range(split.PROBE_BATCHES + 3):
-                split.observe(0.01, 1.0)
-            assert torch.get_num_threads() == 4
-        with inference.threads_beside_workers("cpu", 2):  # not adaptive: split at once
+        with inference.threads_beside_workers("cpu", 2):  # the decoding is the bottleneck: a core per worker
             assert torch.get_num_threads() == 2
-        with inference.threads_beside_workers("cpu", 0, adaptive=True) as split:  # no workers: nothing to split
-            for _ in range(split.PROBE_BATCHES + 1):
-                split.observe(1.0, 0.1)
+        assert torch.get_num_threads() == 4
+        with inference.threads_beside_workers("cpu", 2, heavy=True):  # the model is: it keeps all cores
+            assert torch.get_num_threads() == 4
+        with inference.threads_beside_workers("cpu", 0):  # no workers: nothing to leave
+            assert torch.get_num_threads() == 4
+        tiny = create_model(MODEL, seed=0).eval()
+        assert 0 < inference.tower_parameters(tiny) < inference.HEAVY_TOWER_PARAMS
+        assert inference.tower_parameters(tiny) == sum(p.numel() for p in tiny.visual.parameters())
+        with inference.image_inference(tiny, "cpu", workers=2):
+            assert torch.get_num_threads() == 2
+        monkeypatch.setattr(inference, "HEAVY_TOWER_PARAMS", inference.tower_parameters(tiny))
+        with inference.image_inference(tiny, "cpu", workers=2):  # as large as a heavy tower
             assert torch.get_num_threads() == 4
         assert torch.get_num_threads() == 4
     finally:

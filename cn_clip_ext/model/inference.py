@@ -8,7 +8,7 @@
 - cn_clip's attention pooling computes only the query it returns (:class:`FirstTokenAttentionPool`);
 - convolution weights in channels-last layout (about 1.8x faster ResNet inference on the CPU);
 - on the CPU, the model's intra-op threads limited to the cores the decoding workers leave free when the
-  decoding is the bottleneck (:class:`ThreadSplit`).
+  decoding is the bottleneck (a small tower; see :func:`threads_beside_workers`).
 
 :func:`encode_batches` runs a model over a dataset of decoded images with all of that.
 """
@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -121,64 +120,39 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-class ThreadSplit:
-    """The model's intra-op threads on the CPU beside ``workers`` decoding processes.
-
-    Whether the model should leave cores to the workers depends on which side is the bottleneck.
-    With a tower that encodes faster than the workers decode (the tiny tower), the model's threads
-    competing with the workers for the cores halved throughput, so one core is left to each worker
-    (``bench/bench_eval.py``). With a tower that takes far longer than the decoding (RN50 at 224 px,
-    FLAIR's ResNet-50 at 512 px), the workers sit idle most of the time and a model limited to the
-    cores they leave ran about 1.5x slower than a plain loop on all cores
-    (``bench/bench_families.py``). So the split is decided from what the loop sees: the first
-    batches run on all threads while :meth:`observe` records how long the loop waited for decoded
-    batches and how long each forward pass took; once :data:`PROBE_BATCHES` are seen, the threads
-    drop to the cores the workers leave only if waiting took more than :data:`WAIT_SHARE` of the
-    forward time. Without observations (``adaptive=False``) the split is made at once.
-    """
-
-    PROBE_BATCHES = 3
-    WAIT_SHARE = 0.25
-
-    def __init__(self, device: str | torch.device, workers: int, adaptive: bool = False):
-        self.before = torch.get_num_threads()
-        self.wanted = max(1, min(self.before, cpu_count() - workers))
-        self.active = torch.device(device).type == "cpu" and workers > 0 and self.wanted != self.before
-        self.pending = self.active and adaptive
-        self.waits: list[float] = []
-        self.computes: list[float] = []
-        if self.active and not adaptive:
-            torch.set_num_threads(self.wanted)
-
-    def observe(self, wait_s: float, compute_s: float) -> None:
-        """Record one batch (the first, which includes starting the workers, is left out)."""
-        if not self.pending:
-            return
-        self.waits.append(wait_s)
-        self.computes.append(compute_s)
-        if len(self.waits) <= self.PROBE_BATCHES:
-            return
-        self.pending = False
-        wait, compute = sum(self.waits[1:]), sum(self.computes[1:])
-        if wait > self.WAIT_SHARE * compute:
-            torch.set_num_threads(self.wanted)
-        logger.debug("decoding wait %.2f s vs forward %.2f s over %d batches: %d intra-op threads", wait, compute,
-                     self.PROBE_BATCHES, torch.get_num_threads())
-
-    def restore(self) -> None:
-        if self.active:
-            torch.set_num_threads(self.before)
+HEAVY_TOWER_PARAMS = 5_000_000
+"""Image-tower size from which the model keeps all CPU threads beside the decoding workers."""
 
 
 @contextlib.contextmanager
-def threads_beside_workers(device: str | torch.device, workers: int, adaptive: bool = False) -> Iterator[ThreadSplit]:
-    """On the CPU, the model's threads beside the decoding workers (see :class:`ThreadSplit`);
-    restored after the block."""
-    split = ThreadSplit(device, workers, adaptive)
+def threads_beside_workers(device: str | torch.device, workers: int, heavy: bool = False) -> Iterator[None]:
+    """On the CPU, leave one core to each decoding worker, unless the model is ``heavy``.
+
+    Which side needs the cores depends on which is the bottleneck. A tower that encodes faster than
+    the workers decode (the tiny tower, a few hundred thousand parameters) competing with the workers
+    for the cores halved throughput, so one core is left to each worker (``bench/bench_eval.py``). A
+    tower of millions of parameters (RN50 at 224 px, 38 M; FLAIR's ResNet-50 at 512 px) takes far
+    longer per image than decoding one, so the workers sit idle most of the time, and limited to the
+    cores they leave it ran about 1.5x slower than a plain loop on all cores
+    (``bench/bench_families.py``); such a model, :data:`HEAVY_TOWER_PARAMS` or more, keeps all threads.
+    Measuring the two sides while encoding is no surer: the workers decode ahead while the model is
+    prepared, so the first batches arrive without waiting whichever side is slower.
+    """
+    before = torch.get_num_threads()
+    wanted = max(1, min(before, cpu_count() - workers))
+    if torch.device(device).type != "cpu" or workers == 0 or heavy or wanted == before:
+        yield
+        return
+    torch.set_num_threads(wanted)
     try:
-        yield split
+        yield
     finally:
-        split.restore()
+        torch.set_num_threads(before)
+
+
+def tower_parameters(model: nn.Module) -> int:
+    """Parameters of the model's image towers (of the whole model when it names none)."""
+    return sum(p.numel() for tower in (_towers(model) or [model]) for p in tower.parameters())
 
 
 def _conv_bn_pairs(tower: nn.Module) -> list[tuple[str, str]]:
@@ -290,19 +264,19 @@ def _towers(model: nn.Module) -> list[nn.Module]:
 
 
 @contextlib.contextmanager
-def image_inference(model: nn.Module, device: str | torch.device = "cpu", workers: int = 0,
-                    adaptive: bool = False) -> Iterator[ThreadSplit]:
+def image_inference(model: nn.Module, device: str | torch.device = "cpu", workers: int = 0) -> Iterator[None]:
     """Inside the block, ``model.encode_image`` runs with the image tower rewritten by
     :data:`INFERENCE_REWRITES` and its weights channels-last, and on the CPU with the threads split
-    as :func:`threads_beside_workers` does (``adaptive``: from the batches the caller reports to the
-    yielded :class:`ThreadSplit`); all is undone after. Feed it channels-last batches
+    as :func:`threads_beside_workers` does; all is undone after. Feed it channels-last batches
     (``batch.contiguous(memory_format=torch.channels_last)``)."""
+    heavy = tower_parameters(model) >= HEAVY_TOWER_PARAMS
     with contextlib.ExitStack() as stack:
         for tower in _towers(model):
             for rewrite in INFERENCE_REWRITES:
                 stack.enter_context(rewrite(tower))
             stack.enter_context(_channels_last(tower))
-        yield stack.enter_context(threads_beside_workers(device, workers, adaptive))
+        stack.enter_context(threads_beside_workers(device, workers, heavy))
+        yield
 
 
 Encoded = tuple[list[int], "torch.Tensor | None", list[tuple[int, str]]]
@@ -322,14 +296,8 @@ def encode_batches(model: nn.Module, images: Dataset, split: SplitTransform, bat
     loader = DataLoader(images, batch_size=forward_batch(batch_size, device), num_workers=workers,
                         collate_fn=collate_decoded, persistent_workers=False, pin_memory=device.type == "cuda")
     batches = iter(loader)  # the workers start decoding while the tower is prepared
-    with image_inference(model, device, workers, adaptive=True) as threads:
-        while True:
-            t0 = time.perf_counter()
-            item = next(batches, None)
-            if item is None:
-                return
-            indices, pixels, bad = item
-            t1 = time.perf_counter()
+    with image_inference(model, device, workers):
+        for indices, pixels, bad in batches:
             features = None
             if pixels is not None:
                 with torch.inference_mode():
@@ -337,5 +305,4 @@ def encode_batches(model: nn.Module, images: Dataset, split: SplitTransform, bat
                     if split.per_batch is not None:
                         batch = split.per_batch(batch)
                     features = model.encode_image(batch.contiguous(memory_format=torch.channels_last)).float().cpu()
-            threads.observe(t1 - t0, time.perf_counter() - t1)
             yield indices, features, bad
