@@ -17,9 +17,8 @@ from cn_clip_ext.errors import UserError
 from cn_clip_ext.model.bundle import CARD_FRONT_MATTER, file_sha256
 from cn_clip_ext.model.transforms import place_array, preprocessing_spec
 from cn_clip_ext.synth.generator import synfundus_example
-from cn_clip_ext.training.checkpoint import atomic_save
 from vclip_export.embed import main as embed_main
-from vclip_export.export import main as export_main
+from bundle_support import write_tiny_bundle
 
 CAPTIONS = [
     "疑似青光眼。",
@@ -36,12 +35,7 @@ CAPTIONS = [
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("interop")
-    model = vc.create_model(vc.VISIONCLIP_TINY, seed=5)
-    atomic_save({"epoch": 0, "step": 3, "state_dict": model.state_dict(),
-                 "config": {"model": vc.VISIONCLIP_TINY, "preprocess": "fov", "context_length": 52}},
-                root / "latest.pt")
-    assert export_main([str(root / "latest.pt"), str(root / "bundle"), "--no-prompts"]) == 0
-    return root / "bundle"
+    return write_tiny_bundle(root, seed=5, step=3)
 
 
 def cn_clip_ids(texts, context_length=52) -> list[list[int]]:

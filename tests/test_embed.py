@@ -9,20 +9,14 @@ import torch
 
 import cn_clip_ext as vc
 from cn_clip_ext.synth.generator import synfundus_example
-from cn_clip_ext.training.checkpoint import atomic_save
 from vclip_export.embed import main as embed_main
-from vclip_export.export import main as export_main
+from bundle_support import write_tiny_bundle
 
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("embed_model")
-    model = vc.create_model(vc.VISIONCLIP_TINY, seed=2)
-    atomic_save({"epoch": 0, "step": 1, "state_dict": model.state_dict(),
-                 "config": {"model": vc.VISIONCLIP_TINY, "preprocess": "fov", "context_length": 52}},
-                root / "latest.pt")
-    assert export_main([str(root / "latest.pt"), str(root / "bundle"), "--no-prompts"]) == 0
-    return root / "bundle"
+    return write_tiny_bundle(root, seed=2, step=1)
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,7 @@ from packaging.utils import canonicalize_name
 import cn_clip_ext as vc
 from cn_clip_ext.extras import EXTRAS
 from cn_clip_ext.synth.generator import synfundus_example
-from cn_clip_ext.training.checkpoint import atomic_save
-from vclip_export.export import main as export_main
+from bundle_support import write_tiny_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 PROGRAMS = ("vclip-synth", "vclip-build-lmdb", "vclip-train", "vclip-eval", "vclip-audit", "vclip-export",
@@ -128,11 +127,7 @@ def core_env(wheel, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("core_bundle")
-    model = vc.create_model(vc.VISIONCLIP_TINY, seed=4)
-    atomic_save({"epoch": 0, "step": 2, "state_dict": model.state_dict(),
-                 "config": {"model": vc.VISIONCLIP_TINY, "preprocess": "fov", "context_length": 52}},
-                root / "latest.pt")
-    assert export_main([str(root / "latest.pt"), str(root / "bundle"), "--no-prompts"]) == 0
+    write_tiny_bundle(root, seed=4, step=2)
     (root / "photos").mkdir()
     for i in range(3):
         synfundus_example(i, seed=6, size=150)[1].image.save(root / "photos" / f"{i}.png")
